@@ -100,7 +100,10 @@ def create_exclusive(path: str | os.PathLike[str], data: bytes, *, sync: bool = 
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
     except OSError as e:
-        if e.errno in EXISTS_ERRNOS and _exists(path):
+        # EEXIST: another creator won (its file may already be gone again).
+        # EPERM/EACCES: sshfs's answer to the loser, but also a real
+        # permission problem; only a file that is there tells them apart.
+        if e.errno == errno.EEXIST or (e.errno in EXISTS_ERRNOS and _exists(path)):
             return False
         raise
     try:

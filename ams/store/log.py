@@ -92,6 +92,16 @@ log = logging.getLogger(__name__)
 HEAD_FORMAT = 1
 READ_CHUNK = 4 * 1024 * 1024
 
+#: Crash injection for tests: when $AMS_CRASHPOINT names a point the process
+#: dies there with os._exit, as a SIGKILL would leave it.  Unset in
+#: production, where each check is one dictionary lookup.
+_CRASHPOINT = os.environ.get("AMS_CRASHPOINT", "")
+
+
+def _crashpoint(name: str) -> None:
+    if _CRASHPOINT == name:
+        os._exit(137)
+
 
 @dataclass(frozen=True)
 class LogOptions:
@@ -355,7 +365,11 @@ class MailboxLog:
         if not buf:
             return
         self.lock.check()  # [L1] never write on a lost lease
-        _fs.pwrite_all(tail.fd, b"".join(buf), tail.size)
+        data = b"".join(buf)
+        if _CRASHPOINT == "append-torn":
+            _fs.pwrite_all(tail.fd, data[:len(data) // 2], tail.size)
+            _crashpoint("append-torn")
+        _fs.pwrite_all(tail.fd, data, tail.size)
         tail.size += size
 
     def _rollover(self, tail: _Tail, now: int) -> None:
@@ -370,6 +384,7 @@ class MailboxLog:
         new_path = self.segment_path(h.generation, h.seq + 1)
         # An orphan from a crash between the two steps may exist: replace it.
         _fs.write_file_atomic(new_path, new_header.encode(), sync=self.options.fsync)
+        _crashpoint("rollover-before-next")
         self.lock.check()
         _fs.pwrite_all(tail.fd, next_rec, tail.size)
         if self.options.fsync:
@@ -536,7 +551,7 @@ class MailboxLog:
     def _compact_locked(self, tail: _Tail, progress: Callable[[int], None] | None,
                         ) -> CompactStats:
         head = self.head()
-        state = fold(self.reader(Position(head.generation, 1, SEGMENT_HEADER_SIZE)).records())
+        state = fold(self.reader(Position(head.generation, 1, SEGMENT_HEADER_SIZE)))
         old_gen = head.generation
         new_gen = old_gen + 1
         now = _fs.now_us()
@@ -562,10 +577,12 @@ class MailboxLog:
         except BaseException:
             writer.abandon()
             raise
+        _crashpoint("compact-before-head")
         self.lock.check()
         _fs.write_file_atomic(self.path / "head",
                               _head_bytes(Head(head.id, head.uidvalidity, new_gen)),
                               sync=self.options.fsync)
+        _crashpoint("compact-before-sealed")
         _fs.pwrite_all(tail.fd, sealed, tail.size)
         if self.options.fsync:
             os.fsync(tail.fd)
@@ -697,6 +714,11 @@ class ReadBatch:
     stopped_at: CorruptionError | None = None
     #: Per record, the (generation, seq) of the segment it came from.
     segments: list[tuple[int, int]] = field(default_factory=list)
+    #: The largest HIGHESTMODSEQ / UIDNEXT recorded in a segment header read
+    #: by this poll (0 if none was read).  After compaction these carry what
+    #: the dropped FLAGS and EXPUNGE records said; consumers keep the max.
+    modseq_floor: int = 0
+    uidnext_floor: int = 0
 
     def location(self, i: int) -> MessageLocation | None:
         rec = self.records[i]
@@ -715,6 +737,8 @@ class LogReader:
         self.path = path
         self.position = position
         self.keep_payload = keep_payload
+        self.modseq_floor = 0
+        self.uidnext_floor = 0
 
     def poll(self, *, limit: int | None = None) -> ReadBatch:
         """Read what has been committed since the last poll.
@@ -779,6 +803,8 @@ class LogReader:
             header = SegmentHeader.decode(_fs.pread_exact(fd, SEGMENT_HEADER_SIZE, 0), path=seg)
             if header.generation != pos.generation or header.seq != pos.seq:
                 raise CorruptionError("segment header does not match its name", path=seg)
+            batch.modseq_floor = max(batch.modseq_floor, header.modseq_floor)
+            batch.uidnext_floor = max(batch.uidnext_floor, header.uidnext)
             offset = SEGMENT_HEADER_SIZE
         while offset < size:
             want = min(size - offset, max(READ_CHUNK, 0))
@@ -826,9 +852,15 @@ class LogReader:
         return None
 
     def records(self) -> Iterator[tuple[Record, MessageLocation | None]]:
-        """Every record from the position to the end, with message locations."""
+        """Every record from the position to the end, with message locations.
+
+        The segment-header floors seen on the way are kept in
+        ``self.modseq_floor`` and ``self.uidnext_floor``.
+        """
         while True:
             batch = self.poll(limit=10_000)
+            self.modseq_floor = max(self.modseq_floor, batch.modseq_floor)
+            self.uidnext_floor = max(self.uidnext_floor, batch.uidnext_floor)
             if batch.stopped_at is not None and not batch.records:
                 raise batch.stopped_at
             for i, rec in enumerate(batch.records):
@@ -860,8 +892,18 @@ class FoldedLog:
     expunged: int = 0
 
 
-def fold(records: Iterator[tuple[Record, MessageLocation | None]]) -> FoldedLog:
-    """Apply records in order: the mailbox's current state."""
+def fold(source: LogReader | Iterator[tuple[Record, MessageLocation | None]]) -> FoldedLog:
+    """Apply records in order: the mailbox's current state.
+
+    Given a LogReader, reads it to the end and includes its segment-header
+    floors (which is what compaction needs); given bare records, only those.
+    """
+    if isinstance(source, LogReader):
+        st = fold(source.records())
+        st.highest_modseq = max(st.highest_modseq, source.modseq_floor)
+        st.uidnext = max(st.uidnext, source.uidnext_floor)
+        return st
+    records = source
     st = FoldedLog()
     msgs = st.messages
     for rec, loc in records:
