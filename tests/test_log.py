@@ -263,6 +263,22 @@ def test_compaction_keeps_state_and_readers(make_config: MakeConfig) -> None:
     assert sorted(final.messages) == list(range(21, 62))
 
 
+def test_uids_of_expunged_messages_are_never_reused(store: Store) -> None:
+    log = new_log(store)
+    log.append([msg(i) for i in range(10)])
+    log.expunge([9, 10])
+    log.compact()
+    log._cached = None
+    (a,) = log.append([msg(11)])
+    assert a.uid == 11
+    log.expunge([11])
+    log.compact()
+    log.compact()
+    log._cached = None
+    (b,) = log.append([msg(12)])
+    assert b.uid == 12
+
+
 @pytest.mark.parametrize("point", ["compact-before-head", "compact-before-sealed"])
 def test_crash_during_compaction(make_config: MakeConfig, point: str) -> None:
     """[W5] a compaction killed at either step leaves a consistent log."""

@@ -85,7 +85,9 @@ SEALED (the generation was compacted; readers reopen ``head``)::
 
 Compaction copies APPEND records into the new generation keeping uid,
 time_us and delivery id, with the message's folded flags and its latest
-MODSEQ; FLAGS and EXPUNGE records are not carried over.
+MODSEQ, and with ``uidnext`` set to the log's UIDNEXT at compaction (so the
+UIDs of expunged messages are never reused); FLAGS and EXPUNGE records are
+not carried over.
 """
 
 from __future__ import annotations

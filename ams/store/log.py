@@ -447,7 +447,7 @@ class MailboxLog:
             return last.body.next_seq
         if isinstance(last.body, Sealed):
             raise CorruptionError("head names a generation that is sealed", path=path)
-        return _Tail(fd, path, header, last.end, last.header.uidnext,
+        return _Tail(fd, path, header, last.end, max(last.header.uidnext, header.uidnext),
                      max(last.header.modseq, header.modseq_floor))
 
     def _last_record(self, fd: int, size: int, path: Path) -> Record | None:
@@ -559,8 +559,28 @@ class MailboxLog:
                                modseq=tail.position, time_us=now, uidnext=tail.uidnext)
         highest = max(state.highest_modseq, tail.highest_modseq)
         header = SegmentHeader(uidvalidity=head.uidvalidity, generation=new_gen, seq=1,
-                               base=tail.position + len(sealed), uidnext=tail.uidnext,
+                               base=tail.position + len(sealed),
+                               uidnext=max(tail.uidnext, state.uidnext),
                                created_us=now, modseq_floor=highest)
+        nbytes = self.write_generation(state, header, progress)
+        _crashpoint("compact-before-head")
+        self.switch_head(head, new_gen)
+        _crashpoint("compact-before-sealed")
+        _fs.pwrite_all(tail.fd, sealed, tail.size)
+        if self.options.fsync:
+            os.fsync(tail.fd)
+        self._cached = None
+        removed = self._remove_superseded(old_gen)
+        return CompactStats(old_gen, new_gen, len(state.messages), state.expunged, nbytes,
+                            removed)
+
+    def write_generation(self, state: FoldedLog, header: SegmentHeader,
+                         progress: Callable[[int], None] | None = None) -> int:
+        """Write ``state``'s messages as the generation ``header`` starts.
+
+        Each message keeps its UID, MODSEQ, time and delivery id, with its
+        flags folded in.  Returns the bytes written.  Caller holds the lock.
+        """
         writer = _SegmentWriter(self, header)
         try:
             for n, (uid, msg) in enumerate(sorted(state.messages.items()), 1):
@@ -569,27 +589,25 @@ class MailboxLog:
                                                 tz_minutes=msg.tz_minutes,
                                                 flags=sorted(msg.flags),
                                                 delivery_id=msg.delivery_id)
+                # uidnext is the log's, not uid + 1: UIDs of expunged
+                # messages at the end must never be handed out again [W6].
                 writer.add(encode_record(RecordType.APPEND, payload, uid=uid, modseq=msg.modseq,
-                                         time_us=msg.time_us, uidnext=uid + 1))
+                                         time_us=msg.time_us, uidnext=header.uidnext))
                 if progress and n % 1000 == 0:
                     progress(n)
             writer.finish()
         except BaseException:
             writer.abandon()
             raise
-        _crashpoint("compact-before-head")
+        return writer.bytes
+
+    def switch_head(self, head: Head, generation: int) -> None:
+        """Make ``generation`` the log's truth (the commit point of [W5])."""
         self.lock.check()
         _fs.write_file_atomic(self.path / "head",
-                              _head_bytes(Head(head.id, head.uidvalidity, new_gen)),
+                              _head_bytes(Head(head.id, head.uidvalidity, generation)),
                               sync=self.options.fsync)
-        _crashpoint("compact-before-sealed")
-        _fs.pwrite_all(tail.fd, sealed, tail.size)
-        if self.options.fsync:
-            os.fsync(tail.fd)
         self._cached = None
-        removed = self._remove_superseded(old_gen)
-        return CompactStats(old_gen, new_gen, len(state.messages), state.expunged, writer.bytes,
-                            removed)
 
     def _remove_superseded(self, current_old: int) -> int:
         """Delete generations older than ``current_old`` once past the grace [W5]."""
