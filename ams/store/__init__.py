@@ -15,10 +15,19 @@ from ams.store.log import (
     create_log,
     fold,
 )
+from ams.store.mailboxes import (
+    MailboxInfo,
+    MailboxList,
+    Mailboxes,
+    create_mail_dir,
+    validate_mailbox_name,
+)
 from ams.store.store import Store
+from ams.store.users import User, UserRegistry, validate_user_name
 
 __all__ = [
     "Appended", "FlagOp", "Head", "Lock", "LogOptions", "LogReader", "MailboxLog",
-    "MessageLocation", "NewMessage", "Position", "ReadBatch", "RecordType", "Store", "create_log",
-    "fold",
+    "MailboxInfo", "MailboxList", "Mailboxes", "MessageLocation", "NewMessage", "Position",
+    "ReadBatch", "RecordType", "Store", "User", "UserRegistry", "create_log", "create_mail_dir",
+    "fold", "validate_mailbox_name", "validate_user_name",
 ]

@@ -4,6 +4,7 @@ Layout under ``store.root`` (docs/format.md has the whole picture)::
 
     store.json                 {"format": 1, "id": …, "created": …}
     users/ab/cd/NAME.json      user records, sharded by sha256(NAME)
+    aliases/ab/cd/ALIAS.json   alias index: which users an alias delivers to
     mail/ab/cd/USERID/         one user's mail: mailboxes.json, lock, one log dir per mailbox
     bboards/ab/cd/BOARDID/     bulletin boards, logs in the same format
     locks/ab/NAME.lock         dotlocks (dotlock method only)
@@ -26,7 +27,7 @@ from ams.store.lock import Lock
 from ams.store.log import LogOptions, MailboxLog
 
 STORE_FORMAT = 1
-TOP_DIRS = ("users", "mail", "bboards", "locks", "spool", "tmp")
+TOP_DIRS = ("users", "aliases", "mail", "bboards", "locks", "spool", "tmp")
 
 
 class Store:
