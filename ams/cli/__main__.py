@@ -1,0 +1,3 @@
+from ams.cli import run
+
+run()

@@ -1,0 +1,73 @@
+"""The ``ams`` command line: one parser, built here so docs can show it."""
+
+from __future__ import annotations
+
+import argparse
+
+from ams import __version__
+
+
+def build_parser() -> argparse.ArgumentParser:
+    # --config is accepted before or after the subcommand; SUPPRESS keeps a
+    # subcommand's parser from overwriting a value given before it.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
+                        help="config file (default: $AMS_CONFIG, then ./ams.toml)")
+
+    p = argparse.ArgumentParser(
+        prog="ams", description="AMS: filesystem-native mail and bulletin boards.")
+    p.add_argument("--config", metavar="FILE", default=None,
+                   help="config file (default: $AMS_CONFIG, then ./ams.toml)")
+    p.add_argument("--version", action="version", version=f"ams {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def cmd(name: str, help: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, description=help, parents=[common])
+
+    c = cmd("init", "create a store and write its config file")
+    c.add_argument("--root", required=True, help="store root on the shared filesystem")
+    c.add_argument("--domain", action="append", required=True, dest="domains",
+                   help="a local mail domain (repeatable)")
+    c.add_argument("--host-name", help="this host's name in the pool (default: hostname)")
+    c.add_argument("--cache-dir", help="local (never shared) cache dir for indexes")
+    c.add_argument("--lock-method", choices=["fcntl", "dotlock"], default="fcntl")
+    c.add_argument("--force", action="store_true", help="overwrite an existing config file")
+
+    u = cmd("user", "manage users")
+    us = u.add_subparsers(dest="action", metavar="ACTION", required=True)
+    a = us.add_parser("add", help="add a user", parents=[common])
+    a.add_argument("name")
+    a.add_argument("--password-stdin", action="store_true",
+                   help="read the password from the first line of stdin")
+    a = us.add_parser("passwd", help="set a user's password", parents=[common])
+    a.add_argument("name")
+    a.add_argument("--password-stdin", action="store_true")
+    us.add_parser("list", help="list users", parents=[common])
+    a = us.add_parser("del", help="delete a user and their mail", parents=[common])
+    a.add_argument("name")
+    a.add_argument("--keep-mail", action="store_true",
+                   help="move the mail aside instead of removing it")
+    a = us.add_parser("alias", help="add or remove an alias address", parents=[common])
+    a.add_argument("name")
+    a.add_argument("alias")
+    a.add_argument("--remove", action="store_true")
+
+    m = cmd("mailbox", "manage a user's mailboxes")
+    ms = m.add_subparsers(dest="action", metavar="ACTION", required=True)
+    for action, args in (("list", []), ("create", ["name"]), ("rename", ["old", "new"]),
+                         ("delete", ["name"])):
+        a = ms.add_parser(action, help=f"{action} mailboxes", parents=[common])
+        a.add_argument("--user", required=True)
+        for arg in args:
+            a.add_argument(arg)
+
+    f = cmd("fsck", "verify every log record and store invariant")
+    f.add_argument("--repair", action="store_true", help="repair what can be repaired safely")
+    f.add_argument("--user", help="only this user's mailboxes")
+
+    r = cmd("reindex", "rebuild this host's local index from the logs")
+    r.add_argument("--user", help="only this user's mailboxes")
+
+    s = cmd("status", "queue depths and live workers")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+    return p

@@ -1,0 +1,113 @@
+"""The ``ams`` command, run as a real process: exit codes and one-line errors."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+AMS = [sys.executable, "-m", "ams.cli"]
+
+
+def ams(*args: str, cwd: Path, stdin: str = "", env: dict[str, str] | None = None,
+        ) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*AMS, *args], cwd=cwd, input=stdin, capture_output=True, text=True,
+                          timeout=60, env={**os.environ, **(env or {})})
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Path:
+    r = ams("init", "--root", "store", "--domain", "example.test", "--cache-dir", "cache",
+            "--host-name", "h1", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == str(tmp_path / "ams.toml")
+    return tmp_path
+
+
+def one_line_error(r: subprocess.CompletedProcess[str], code: int, *needles: str) -> None:
+    assert r.returncode == code, (r.returncode, r.stdout, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ams: "), r.stderr
+    assert "Traceback" not in r.stderr
+    for n in needles:
+        assert n in lines[0]
+
+
+def test_init_user_and_mailboxes(site: Path) -> None:
+    assert ams("user", "add", "alice", "--password-stdin", cwd=site, stdin="s3cret\n"
+               ).returncode == 0
+    r = ams("user", "list", cwd=site)
+    assert r.stdout.split() == ["alice"]
+    r = ams("mailbox", "create", "--user", "alice", "Lists/Python", cwd=site)
+    assert r.returncode == 0
+    r = ams("mailbox", "rename", "--user", "alice", "Lists", "Listen", cwd=site)
+    assert r.returncode == 0, r.stderr
+    names = [ln.split("\t")[0] for ln in ams("mailbox", "list", "--user", "alice",
+                                              cwd=site).stdout.splitlines()]
+    assert "Listen/Python" in names and "INBOX" in names and "Lists/Python" not in names
+    from ams.config import load_config
+    from ams.store import Store, UserRegistry
+    users = UserRegistry(Store(load_config(site / "ams.toml")))
+    assert users.verify_password("alice", "s3cret")
+    assert not users.verify_password("alice", "wrong")
+
+
+def test_config_from_env_and_flag_positions(site: Path, tmp_path: Path) -> None:
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    r = ams("user", "list", cwd=other, env={"AMS_CONFIG": str(site / "ams.toml")})
+    assert r.returncode == 0
+    assert ams("--config", str(site / "ams.toml"), "user", "list", cwd=other).returncode == 0
+    assert ams("user", "list", "--config", str(site / "ams.toml"), cwd=other).returncode == 0
+    one_line_error(ams("user", "list", cwd=other), 2, "no config file")
+
+
+@pytest.mark.parametrize("text,needle", [
+    ('[store]\nroot = "s"\nlok = 1\n', "unknown key 'store.lok'"),
+    ('[store]\nroot = "s"\nlock_method = "flock"\n', "'store.lock_method' must be one of"),
+    ('[host]\nname = "x"\n', "missing required setting 'store'"),
+    ('[store]\nroot = "s"\nsegment_bytes = "big"\n', "'store.segment_bytes' must be an integer"),
+    ('[store\nroot = "s"\n', "not valid TOML"),
+    ('[store]\nroot = "s"\n[limits]\nmax_recipients = 0\n', "'limits.max_recipients'"),
+])
+def test_bad_config_is_one_line_naming_the_key(tmp_path: Path, text: str, needle: str) -> None:
+    (tmp_path / "bad.toml").write_text(text)
+    one_line_error(ams("--config", "bad.toml", "user", "list", cwd=tmp_path), 2, needle)
+
+
+def test_bad_input_is_one_line(site: Path) -> None:
+    one_line_error(ams("user", "add", "Bad/Name", "--password-stdin", cwd=site, stdin="x\n"), 2,
+                   "bad user name")
+    assert ams("user", "add", "bob", "--password-stdin", cwd=site, stdin="x\n").returncode == 0
+    one_line_error(ams("user", "add", "bob", "--password-stdin", cwd=site, stdin="x\n"), 1)
+    one_line_error(ams("user", "add", "carol", cwd=site, stdin="x\n"), 2, "--password-stdin")
+    one_line_error(ams("mailbox", "delete", "--user", "bob", "INBOX", cwd=site), 2, "INBOX")
+    one_line_error(ams("mailbox", "list", "--user", "nobody", cwd=site), 1)
+    one_line_error(ams("mailbox", "create", "--user", "bob", "a//b", cwd=site), 2)
+
+
+def test_fsck_reports_then_repairs(site: Path) -> None:
+    assert ams("user", "add", "alice", "--password-stdin", cwd=site, stdin="pw\n").returncode == 0
+    from ams.config import load_config
+    from ams.store import NewMessage, Store, UserRegistry
+    store = Store(load_config(site / "ams.toml"))
+    log = UserRegistry(store).mailboxes("alice").open("INBOX")
+    log.append([NewMessage(b"Subject: %d\r\n\r\nhi\r\n" % i, internal_date=0)
+                for i in range(20)])
+    r = ams("fsck", cwd=site)
+    assert r.returncode == 0 and "0 problems" in r.stderr
+    seg = log.segment_path(1, 1)
+    data = bytearray(seg.read_bytes())
+    rec5 = log.reader().poll().records[4]
+    data[rec5.offset + 44] ^= 0x10
+    seg.write_bytes(bytes(data))
+    r = ams("fsck", cwd=site)
+    assert r.returncode == 1
+    assert f"alice:INBOX: {seg} @{rec5.offset}: damaged bytes" in r.stdout
+    r = ams("fsck", "--repair", cwd=site)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "salvaged 19 messages" in r.stdout
+    assert ams("fsck", cwd=site).returncode == 0
