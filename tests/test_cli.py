@@ -111,3 +111,21 @@ def test_fsck_reports_then_repairs(site: Path) -> None:
     assert r.returncode == 0, r.stdout + r.stderr
     assert "salvaged 19 messages" in r.stdout
     assert ams("fsck", cwd=site).returncode == 0
+
+
+def test_status_shows_queues_and_workers(site: Path) -> None:
+    import json
+
+    from ams.config import load_config
+    from ams.store import Spool, Store
+    spool = Spool(Store(load_config(site / "ams.toml")))
+    for i in range(3):
+        spool.enqueue("in", mail_from="a@x.test", rcpt_to=["b@example.test"], message=b"hi\r\n")
+    with spool.register_worker() as w:
+        r = ams("status", "--json", cwd=site)
+        report = json.loads(r.stdout)
+        assert report["queues"]["in"]["queued"] == 3
+        assert report["queues"]["out"]["queued"] == 0
+        assert [x["id"] for x in report["workers"]] == [w.id]
+        r = ams("status", cwd=site)
+        assert "queue in: queued 3" in r.stdout and "live workers: 1" in r.stdout

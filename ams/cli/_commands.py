@@ -7,13 +7,16 @@ import getpass
 import json
 import os
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 from ams.cli._progress import Progress
 from ams.config import Config, config_from_dict, default_config_path, load_config, render_config
 from ams.errors import UsageError
 from ams.store import MailboxList, Store, UserRegistry, validate_user_name
 from ams.store.fsck import check_log
+from ams.store.spool import QUEUES, Place, Spool
 
 
 def open_store(args: argparse.Namespace) -> Store:
@@ -151,19 +154,27 @@ def cmd_fsck(args: argparse.Namespace) -> int:
     return 1 if remaining else 0
 
 
+def status_report(store: Store) -> dict[str, Any]:
+    spool = Spool(store)
+    queues = {q: {place.name.lower(): spool.depth(q, place) for place in Place} for q in QUEUES}
+    now = time.time()
+    workers = [{"id": w.id, "host": w.host, "pid": w.pid, "queues": list(w.queues),
+                "started": w.started, "lease_left": round(w.expires - now, 1)}
+               for w in spool.live_workers()]
+    return {"store": str(store.root), "host": store.host, "queues": queues, "workers": workers}
+
+
 def cmd_status(args: argparse.Namespace) -> int:
-    from ams.store.spool import status_report  # the spool owns its own layout
-    store = open_store(args)
-    report = status_report(store)
+    report = status_report(open_store(args))
     if args.json:
         print(json.dumps(report, indent=1, sort_keys=True))
-    else:
-        for queue, depth in sorted(report["queues"].items()):
-            print(f"queue {queue}: {depth}")
-        workers = report["workers"]
-        print(f"live workers: {len(workers)}")
-        for w in workers:
-            print(f"  {w['id']} on {w['host']} (pid {w['pid']})")
+        return 0
+    print(f"store {report['store']} (this host: {report['host']})")
+    for queue, depths in report["queues"].items():
+        print(f"queue {queue}: " + ", ".join(f"{k} {v}" for k, v in depths.items()))
+    print(f"live workers: {len(report['workers'])}")
+    for w in report["workers"]:
+        print(f"  {w['id']} on {w['host']} pid {w['pid']} ({', '.join(w['queues'])})")
     return 0
 
 

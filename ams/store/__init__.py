@@ -22,10 +22,23 @@ from ams.store.mailboxes import (
     create_mail_dir,
     validate_mailbox_name,
 )
+from ams.store.spool import (
+    Claim,
+    ClaimLost,
+    Disposition,
+    Entry,
+    EntryInfo,
+    Envelope,
+    Place,
+    Spool,
+    Worker,
+)
 from ams.store.store import Store
 from ams.store.users import User, UserRegistry, validate_user_name
 
 __all__ = [
+    "Claim", "ClaimLost", "Disposition", "Entry", "EntryInfo", "Envelope", "Place", "Spool",
+    "Worker",
     "Appended", "FlagOp", "Head", "Lock", "LogOptions", "LogReader", "MailboxLog",
     "MailboxInfo", "MailboxList", "Mailboxes", "MessageLocation", "NewMessage", "Position",
     "ReadBatch", "RecordType", "Store", "User", "UserRegistry", "create_log", "create_mail_dir",
