@@ -129,3 +129,18 @@ def test_status_shows_queues_and_workers(site: Path) -> None:
         assert [x["id"] for x in report["workers"]] == [w.id]
         r = ams("status", cwd=site)
         assert "queue in: queued 3" in r.stdout and "live workers: 1" in r.stdout
+
+
+def test_reindex_rebuilds_the_local_index(site: Path) -> None:
+    assert ams("user", "add", "alice", "--password-stdin", cwd=site, stdin="pw\n").returncode == 0
+    from ams.config import load_config
+    from ams.index import Index
+    from ams.store import NewMessage, Store, UserRegistry
+    cfg = load_config(site / "ams.toml")
+    log = UserRegistry(Store(cfg)).mailboxes("alice").open("INBOX")
+    log.append([NewMessage(b"Subject: %d\r\n\r\nhi\r\n" % i, internal_date=0) for i in range(25)])
+    r = ams("reindex", cwd=site)
+    assert r.returncode == 0, r.stderr
+    assert "6 mailboxes, 25 messages indexed, 0 failed" in r.stderr
+    with Index(cfg) as ix:
+        assert ix.uids(log.head().id) == list(range(1, 26))

@@ -179,10 +179,16 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_reindex(args: argparse.Namespace) -> int:
-    from ams.index import reindex_all
+    from ams.index import ReindexProgress, reindex_all
     store = open_store(args)
-    progress = Progress("reindex", unit="messages")
-    total = reindex_all(store, user=args.user,
-                        progress=lambda n, t=None: progress.update(n, t))
-    progress.done(f"{total} messages indexed")
-    return 0
+    progress = Progress("reindex", unit="mailboxes")
+
+    def report(p: ReindexProgress) -> None:
+        if p.error:
+            print(f"{p.path}: {p.error}")
+        progress.update(p.done, p.total)
+
+    stats = reindex_all(store, progress=report)
+    progress.done(f"{stats.mailboxes} mailboxes, {stats.messages} messages indexed, "
+                  f"{len(stats.errors)} failed")
+    return 1 if stats.errors else 0

@@ -65,8 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--repair", action="store_true", help="repair what can be repaired safely")
     f.add_argument("--user", help="only this user's mailboxes")
 
-    r = cmd("reindex", "rebuild this host's local index from the logs")
-    r.add_argument("--user", help="only this user's mailboxes")
+    cmd("reindex", "rebuild this host's local index from every log in the store")
 
     s = cmd("status", "queue depths and live workers")
     s.add_argument("--json", action="store_true", help="machine-readable output")
