@@ -67,6 +67,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     cmd("reindex", "rebuild this host's local index from every log in the store")
 
+    sv = cmd("serve", "run every role over one store (creates a demo store with --root)")
+    sv.add_argument("--root", help="store root; created with a demo user if there is none")
+    sv.add_argument("--listen-smtp", metavar="HOST:PORT", help="MX listen address")
+    sv.add_argument("--workers", type=int, default=2, help="delivery workers (default 2)")
+
+    mx = cmd("mx", "run the inbound MX")
+    mx.add_argument("--listen", metavar="HOST:PORT", help="override listen.smtp")
+
+    w = cmd("worker", "run delivery workers (any number, on any host)")
+    w.add_argument("--count", type=int, default=1, help="workers in this process")
+
+    d = cmd("deliver", "local delivery agent: file one message from stdin")
+    d.add_argument("-r", "--recipient", action="append", default=[], metavar="ADDRESS")
+    d.add_argument("-f", "--sender", metavar="SENDER", help="envelope sender")
+
     s = cmd("status", "queue depths and live workers")
     s.add_argument("--json", action="store_true", help="machine-readable output")
     return p

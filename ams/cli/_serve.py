@@ -1,0 +1,148 @@
+"""``ams serve`` and the single-role commands ``ams mx`` and ``ams worker``.
+
+``ams serve`` runs every role that exists over one store in one process,
+which is the embedded default for a single machine.  With ``--root`` and no
+config file yet it creates the store, a config beside it and a demo user,
+and says so.  Ctrl-C or SIGTERM stops everything cleanly; the workers finish
+the message in hand and release their claims.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import logging
+import secrets
+import signal
+from pathlib import Path
+
+import trio
+
+from ams.cli._commands import init_config, write_config
+from ams.config import Config, load_config
+from ams.errors import UsageError
+from ams.store import Store, UserRegistry
+
+log = logging.getLogger("ams.serve")
+
+DEMO_USER = "demo"
+DEMO_DOMAIN = "example.test"
+
+
+def _config_for_serve(args: argparse.Namespace) -> Config:
+    """The config to serve: the one given, or a demo site under --root."""
+    if args.root is None:
+        return load_config(args.config)
+    root = Path(args.root).resolve()
+    path = Path(args.config) if args.config else root.parent / "ams.toml"
+    if not path.exists():
+        cfg = init_config(root, [DEMO_DOMAIN], cache_dir=root.parent / "cache")
+        write_config(path, cfg, force=False)
+        print(f"created config {path.resolve()}")
+    cfg = load_config(path)
+    if cfg.store.root.resolve() != root:
+        raise UsageError(f"{path} is for store {cfg.store.root}, not {root}")
+    return cfg
+
+
+def _ensure_store(cfg: Config) -> None:
+    fresh = not (cfg.store.root / "store.json").exists()
+    store = Store.initialise(cfg)
+    if not fresh:
+        return
+    password = secrets.token_urlsafe(12)
+    UserRegistry(store).add(DEMO_USER, password)
+    pw_file = cfg.store.root.parent / "demo-password"
+    pw_file.write_text(password + "\n")
+    pw_file.chmod(0o600)
+    domain = cfg.mail.domains[0] if cfg.mail.domains else DEMO_DOMAIN
+    print(f"created store {cfg.store.root} with user {DEMO_USER} <{DEMO_USER}@{domain}>, "
+          f"password {password} (also in {pw_file})")
+
+
+def _with_listen(cfg: Config, smtp: str | None) -> Config:
+    if smtp:
+        cfg = cfg.replace(listen=dataclasses.replace(cfg.listen, smtp=smtp))
+    return cfg
+
+
+async def serve_all(cfg: Config, *, workers: int,
+                    task_status: trio.TaskStatus[dict[str, str]] = trio.TASK_STATUS_IGNORED,
+                    ) -> None:
+    """Every available role over ``cfg``'s store; reports the listen addresses."""
+    from delivery import serve_workers
+    from gateways import serve_mx
+
+    async with trio.open_nursery() as nursery:
+        pool = await nursery.start(functools.partial(serve_workers, cfg, count=workers))
+        listeners = await nursery.start(functools.partial(serve_mx, cfg, on_queued=pool.wake))
+        addrs = {"smtp": _addr(listeners[0])}
+        task_status.started(addrs)
+
+
+def _addr(listener: trio.SocketListener) -> str:
+    host, port = listener.socket.getsockname()[:2]
+    return f"{host}:{port}"
+
+
+async def _until_signalled(cfg: Config, workers: int) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+            addrs = await nursery.start(functools.partial(serve_all, cfg, workers=workers))
+            domain = cfg.mail.domains[0] if cfg.mail.domains else "(no local domain)"
+            print(f"AMS serving store {cfg.store.root} as host {cfg.host.name}")
+            print(f"  SMTP (MX) for {', '.join(cfg.mail.domains) or domain}: {addrs['smtp']}")
+            print(f"  delivery workers: {workers}")
+            print("  IMAP, submission, bboards: not available in this version")
+            print("Ctrl-C stops.", flush=True)
+            async for _ in signals:
+                print("stopping…", flush=True)
+                nursery.cancel_scope.cancel()
+                break
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    cfg = _with_listen(_config_for_serve(args), args.listen_smtp)
+    _ensure_store(cfg)
+    _logging()
+    trio.run(_until_signalled, cfg, args.workers)
+    return 0
+
+
+def cmd_mx(args: argparse.Namespace) -> int:
+    from gateways import serve_mx
+    cfg = _with_listen(load_config(args.config), args.listen)
+    Store(cfg).check()
+    _logging()
+
+    async def run() -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async with trio.open_nursery() as nursery:
+                listeners = await nursery.start(functools.partial(serve_mx, cfg))
+                print(f"SMTP (MX) listening on {_addr(listeners[0])}", flush=True)
+                async for _ in signals:
+                    nursery.cancel_scope.cancel()
+                    break
+
+    trio.run(run)
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from delivery import worker_main
+    return worker_main(load_config(args.config), args.count)
+
+
+def cmd_deliver(args: argparse.Namespace) -> int:
+    from delivery import deliver_command
+    return deliver_command(args.config, args.recipient, args.sender)
+
+
+def _logging() -> None:
+    from delivery import default_logging
+    default_logging()
+    logging.getLogger("gateways").setLevel(logging.getLogger("delivery").level)
+
+
+__all__ = ["cmd_deliver", "cmd_mx", "cmd_serve", "cmd_worker", "serve_all"]
