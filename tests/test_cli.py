@@ -144,3 +144,34 @@ def test_reindex_rebuilds_the_local_index(site: Path) -> None:
     assert "6 mailboxes, 25 messages indexed, 0 failed" in r.stderr
     with Index(cfg) as ix:
         assert ix.uids(log.head().id) == list(range(1, 26))
+
+
+def test_queue_list_show_retry_delete(site: Path) -> None:
+    from ams.config import load_config
+    from ams.store import Place, Spool, Store
+    spool = Spool(Store(load_config(site / "ams.toml")), max_attempts=1)
+    envs = [spool.enqueue("in", mail_from="a@x.test", rcpt_to=[f"u{i}@example.test"],
+                          message=b"Subject: q%d\r\n\r\nhi\r\n" % i) for i in range(3)]
+    with spool.register_worker() as w:
+        for c in w.claim_batch("in", 10):
+            if c.entry_id == envs[0].id:
+                w.fail(c, "mailbox exploded")
+            else:
+                w.release(c, count=False)
+    r = ams("queue", "list", cwd=site)
+    assert r.returncode == 0
+    assert sorted(ln.split("\t")[0] for ln in r.stdout.splitlines()) == sorted(
+        e.id for e in envs[1:])
+    r = ams("queue", "list", "--failed", cwd=site)
+    assert envs[0].id in r.stdout and "reason: mailbox exploded" in r.stdout
+    r = ams("queue", "show", "--failed", envs[0].id, cwd=site)
+    assert r.returncode == 0 and "Subject: q0" in r.stdout and "from: <a@x.test>" in r.stdout
+    assert ams("queue", "retry", envs[0].id, cwd=site).returncode == 0
+    assert spool.depth("in", Place.FAILED) == 0
+    one_line_error(ams("queue", "delete", "nonexistent-id", cwd=site), 2, "not a spool entry id")
+    absent = envs[0].id[:-2] + "zz"
+    one_line_error(ams("queue", "delete", absent, cwd=site), 1, "no such entry")
+    ids = [ln.split("\t")[0] for ln in ams("queue", "list", cwd=site).stdout.splitlines()]
+    assert envs[0].id in ids
+    assert ams("queue", "delete", *ids, cwd=site).returncode == 0
+    assert spool.depth("in") == 0

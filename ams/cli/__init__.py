@@ -24,7 +24,8 @@ def _handlers() -> dict[str, Handler]:
     from ams.cli import _serve as s
     table: dict[str, Handler] = {
         "init": c.cmd_init, "user": c.cmd_user, "mailbox": c.cmd_mailbox, "fsck": c.cmd_fsck,
-        "status": c.cmd_status, "reindex": c.cmd_reindex, "serve": s.cmd_serve,
+        "status": c.cmd_status, "reindex": c.cmd_reindex, "queue": c.cmd_queue,
+        "serve": s.cmd_serve,
         "mx": s.cmd_mx, "worker": s.cmd_worker, "deliver": s.cmd_deliver,
     }
     return table

@@ -178,6 +178,49 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_queue(args: argparse.Namespace) -> int:
+    spool = Spool(open_store(args))
+    failed = getattr(args, "failed", False)
+    place = Place.FAILED if failed else (Place.CLAIMED if getattr(args, "claimed", False)
+                                         else Place.QUEUED)
+    if args.action == "list":
+        now = time.time()
+        for e in spool.list_entries(args.queue, place):
+            env = e.envelope
+            who = f"<{env.mail_from}> -> {', '.join(env.rcpt_to)}" if env else f"({e.error})"
+            extra = f" reason: {e.reason}" if e.reason else ""
+            extra += f" held by {e.worker}" if e.worker else ""
+            print(f"{e.id}\t{e.size}\t{_age(e.age(now))}\tattempts {e.attempts}\t{who}{extra}")
+        return 0
+    if args.action == "show":
+        entry = spool.read(args.queue, args.id, place)
+        env = entry.envelope
+        print(f"id: {env.id}\nfrom: <{env.mail_from}>\nto: {', '.join(env.rcpt_to)}")
+        print(f"received: {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(env.received_us / 1e6))}"
+              f" on {env.host}\nsize: {len(entry.message)}\n")
+        sys.stdout.flush()
+        sys.stdout.buffer.write(entry.message)
+        return 0
+    missing = 0
+    for entry_id in args.id:
+        done = (spool.retry(args.queue, entry_id) if args.action == "retry"
+                else spool.delete(args.queue, entry_id, place))
+        if done:
+            print(f"{'retried' if args.action == 'retry' else 'deleted'} {entry_id}")
+        else:
+            print(f"ams: no such {'failed ' if failed or args.action == 'retry' else ''}entry "
+                  f"{entry_id} in queue {args.queue}", file=sys.stderr)
+            missing += 1
+    return 1 if missing else 0
+
+
+def _age(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f}{unit}"
+    return f"{max(seconds, 0):.0f}s"
+
+
 def cmd_reindex(args: argparse.Namespace) -> int:
     from ams.index import ReindexProgress, reindex_all
     store = open_store(args)

@@ -82,6 +82,21 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("-r", "--recipient", action="append", default=[], metavar="ADDRESS")
     d.add_argument("-f", "--sender", metavar="SENDER", help="envelope sender")
 
+    q = cmd("queue", "list, show, retry and delete spooled mail")
+    qs = q.add_subparsers(dest="action", metavar="ACTION", required=True)
+    for action, helptext in (("list", "list entries"), ("show", "show one entry"),
+                             ("retry", "move a failed entry back into its queue"),
+                             ("delete", "delete a queued or failed entry")):
+        a = qs.add_parser(action, help=helptext, parents=[common])
+        a.add_argument("--queue", choices=["in", "out"], default="in")
+        if action == "list":
+            a.add_argument("--failed", action="store_true", help="the failed entries")
+            a.add_argument("--claimed", action="store_true", help="entries workers hold")
+        else:
+            a.add_argument("id", nargs="+" if action != "show" else None)
+            if action in ("show", "delete"):
+                a.add_argument("--failed", action="store_true", help="a failed entry")
+
     s = cmd("status", "queue depths and live workers")
     s.add_argument("--json", action="store_true", help="machine-readable output")
     return p
