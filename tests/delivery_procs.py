@@ -32,11 +32,11 @@ from argon2 import PasswordHasher
 
 from ams.config import Config, config_from_dict
 from ams.store import Place, Spool, Store, UserRegistry, fold
+from tests.waiting import WAIT
 
 ROOT = Path(__file__).resolve().parent.parent
 HASHER = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
 #: The bound on every wait for a process or a condition.
-WAIT = 30.0
 
 
 # -- helpers for the tests ----------------------------------------------------------------
@@ -93,15 +93,6 @@ def spool_idle(spool: Spool, queue: str = "in") -> bool:
         if (spool.depth(queue, Place.CLAIMED) or spool.depth(queue)
                 or spool.depth(queue, Place.CLAIMED)):
             return False
-    return True
-
-
-def wait_for(cond: Callable[[], bool], timeout: float = WAIT, interval: float = 0.02) -> bool:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(interval)
     return True
 
 

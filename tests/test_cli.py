@@ -119,7 +119,7 @@ def test_status_shows_queues_and_workers(site: Path) -> None:
     from ams.config import load_config
     from ams.store import Spool, Store
     spool = Spool(Store(load_config(site / "ams.toml")))
-    for i in range(3):
+    for _ in range(3):
         spool.enqueue("in", mail_from="a@x.test", rcpt_to=["b@example.test"], message=b"hi\r\n")
     with spool.register_worker() as w:
         r = ams("status", "--json", cwd=site)

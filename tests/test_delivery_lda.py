@@ -23,7 +23,6 @@ from delivery import (
     deliver_main,
 )
 from tests.delivery_procs import (
-    WAIT,
     config_dict,
     delivery_ids,
     folded,
@@ -33,6 +32,7 @@ from tests.delivery_procs import (
     spawn,
     stop,
 )
+from tests.waiting import WAIT
 
 MSG = b"From: s@far.test\r\nSubject: lda\r\nMessage-ID: <lda@far.test>\r\n\r\nhello\r\n"
 

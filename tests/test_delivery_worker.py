@@ -19,7 +19,6 @@ from ams.config import Config
 from ams.store import Place, Spool
 from delivery import PoolOptions, WorkerPool, serve_workers
 from tests.delivery_procs import (
-    WAIT,
     config_dict,
     delivery_ids,
     folded,
@@ -28,8 +27,8 @@ from tests.delivery_procs import (
     spawn,
     spool_idle,
     stop,
-    wait_for,
 )
+from tests.waiting import WAIT, wait_for
 
 FAST = PoolOptions(retry_min=0.01, retry_max=0.05)
 

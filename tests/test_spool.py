@@ -16,7 +16,6 @@ import struct
 import time
 import zlib
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -46,10 +45,10 @@ from ams.store.spool import (
     shard_of_entry,
     shards_for,
 )
+from tests.waiting import WAIT, wait_for
 
 CTX = multiprocessing.get_context("spawn")
 #: The bound on every wait for another process or for a lease to run out.
-WAIT = 30.0
 MSG = b"From: a@x.test\r\nTo: b@example.test\r\nSubject: hi\r\n\r\nbody\r\n"
 
 
@@ -68,15 +67,6 @@ def long_lease(tmp: Path, **kw: Any) -> Spool:
     """The same store seen by a host whose workers hold a lease that cannot
     lapse during a test, beside workers meant to die of a short one."""
     return open_spool(cfg_dict(tmp, lease_seconds=60.0, clock_skew=0.05), **kw)
-
-
-def wait_for(cond: Callable[[], bool], timeout: float = WAIT, interval: float = 0.02) -> bool:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(interval)
-    return True
 
 
 def fill(spool: Spool, n: int, queue: str = "in") -> list[str]:

@@ -16,9 +16,9 @@ from ams.store.log import (
     fold,
 )
 from ams.store.mailboxes import (
+    Mailboxes,
     MailboxInfo,
     MailboxList,
-    Mailboxes,
     create_mail_dir,
     validate_mailbox_name,
 )

@@ -424,6 +424,22 @@ def _decode_ranges(p: bytes | memoryview, pos: int, n: int) -> tuple[Range, ...]
     return tuple(out)
 
 
+def find_next_record(data: bytes, start: int, *, path: object = None) -> int | None:
+    """The offset of the first record at or after ``start`` that verifies.
+
+    Used to tell a torn tail (nothing valid follows) from damage in the
+    middle of a log, and by fsck to find where valid records resume.
+    """
+    i = data.find(RECORD_MAGIC, start)
+    while i != -1:
+        try:
+            decode_record(data, i, path=path, keep_payload=False)
+            return i
+        except (Incomplete, CorruptionError):
+            i = data.find(RECORD_MAGIC, i + 1)
+    return None
+
+
 def decode_trailer(buf: bytes) -> int | None:
     """The record size a trailer announces, or None if these 8 bytes are not one."""
     if len(buf) != RECORD_TRAILER_SIZE:

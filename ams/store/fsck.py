@@ -37,7 +37,6 @@ from ams.errors import CorruptionError, FormatVersionError, NotFound
 from ams.store import _fs
 from ams.store.format import (
     RECORD_HEADER_SIZE,
-    RECORD_MAGIC,
     SEGMENT_HEADER_SIZE,
     Append,
     Incomplete,
@@ -46,6 +45,7 @@ from ams.store.format import (
     Sealed,
     SegmentHeader,
     decode_record,
+    find_next_record,
     segment_name,
 )
 from ams.store.log import (
@@ -108,25 +108,14 @@ def _scan_segment(path: Path, data: bytes) -> _Scan:
         try:
             rec = decode_record(data, pos, path=path, keep_payload=True)
         except (Incomplete, CorruptionError):
-            nxt = _resync(data, pos + 1, path)
+            nxt = find_next_record(data, pos + 1, path=path)
+            nxt = len(data) if nxt is None else nxt
             damaged.append((pos, nxt))
             pos = nxt
             continue
         records.append(rec)
         pos = rec.end
     return _Scan(path, header, records, damaged, len(data))
-
-
-def _resync(data: bytes, start: int, path: Path) -> int:
-    """The offset of the next record that verifies, or the end of the data."""
-    i = data.find(RECORD_MAGIC, start)
-    while i != -1:
-        try:
-            decode_record(data, i, path=path, keep_payload=False)
-            return i
-        except (Incomplete, CorruptionError):
-            i = data.find(RECORD_MAGIC, i + 1)
-    return len(data)
 
 
 def check_log(log: MailboxLog, *, repair: bool = False) -> LogReport:

@@ -82,6 +82,7 @@ from ams.store.format import (
     encode_expunge_payload,
     encode_flags_payload,
     encode_record,
+    find_next_record,
     ranges_from_uids,
     segment_name,
 )
@@ -475,7 +476,7 @@ class MailboxLog:
             last, pos = rec, rec.end
         if pos >= size:
             return last
-        if _valid_record_after(data, pos + 1, path):
+        if find_next_record(data, pos + 1, path=path) is not None:
             raise CorruptionError("damaged record followed by valid ones (not a torn tail); "
                                   "run 'ams fsck'", path=path, offset=pos)
         log.warning("repairing torn tail of %s: %d bytes after offset %d", path, size - pos, pos)
@@ -964,20 +965,6 @@ def _as_ranges(uids: Sequence[int] | Sequence[Range]) -> list[Range]:
     if uids and isinstance(uids[0], tuple):
         return list(uids)  # type: ignore[arg-type]
     return ranges_from_uids(list(uids))  # type: ignore[arg-type]
-
-
-def _valid_record_after(data: bytes, start: int, path: Path) -> bool:
-    """Is there any verifiable record at or after ``start``? (torn vs. damaged)"""
-    magic = b"AMSR"
-    i = data.find(magic, start)
-    while i != -1:
-        try:
-            decode_record(data, i, path=path, keep_payload=False)
-            return True
-        except (Incomplete, CorruptionError):
-            pass
-        i = data.find(magic, i + 1)
-    return False
 
 
 __all__ = [

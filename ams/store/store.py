@@ -18,6 +18,7 @@ hash so that none grows past about a thousand entries.
 from __future__ import annotations
 
 import uuid
+from datetime import UTC
 from pathlib import Path
 
 from ams.config import Config
@@ -57,10 +58,10 @@ class Store:
             _fs.makedirs(root / d)
         meta = root / "store.json"
         if not meta.exists():
-            from datetime import datetime, timezone
+            from datetime import datetime
             _fs.create_exclusive(meta, _fs.dump_json({
                 "format": STORE_FORMAT, "id": str(uuid.uuid4()),
-                "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}))
+                "created": datetime.now(UTC).isoformat(timespec="seconds")}))
         store = cls(config)
         store.check()
         return store

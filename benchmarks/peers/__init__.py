@@ -1,0 +1,1 @@
+"""Real peer systems started by the benchmarks: standalone instances in temp dirs."""
