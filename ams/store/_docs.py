@@ -47,6 +47,7 @@ SECTIONS = [
     ("Mailbox lists", "ams.store.mailboxes"),
     ("Spool", "ams.store.spool"),
     ("Checking and repair", "ams.store.fsck"),
+    ("The local index (per host, never on the shared store)", "ams.index._codec"),
 ]
 
 
