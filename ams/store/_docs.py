@@ -46,6 +46,7 @@ SECTIONS = [
     ("Users and aliases", "ams.store.users"),
     ("Mailbox lists", "ams.store.mailboxes"),
     ("Spool", "ams.store.spool"),
+    ("Spool entries", "ams.store.spool_entry"),
     ("Checking and repair", "ams.store.fsck"),
     ("The local index (per host, never on the shared store)", "ams.index._codec"),
 ]
