@@ -118,6 +118,8 @@ class SequenceSet:
             raise ValueError("largest must be >= 0")
         spans: list[tuple[int, int]] = []
         for start, end in self.ranges:
+            if largest == 0 and None in (start, end):
+                continue                      # "*" in an empty mailbox names nothing
             lo, hi = (largest if start is None else start), (largest if end is None else end)
             lo, hi = min(lo, hi), max(lo, hi)
             lo = max(lo, 1)
