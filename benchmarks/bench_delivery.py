@@ -506,6 +506,23 @@ def run_dovecot(args: argparse.Namespace, d: dv.Dovecot, run: int, msg_file: Pat
             d.remove_home(u)
 
 
+WARMUP_USER = "warmup"
+
+
+def warm_up(args: argparse.Namespace, d: dv.Dovecot, msg_file: Path, procs: Processes,
+            logdir: Path) -> None:
+    """A few messages over every session first, so that Dovecot has forked its LMTP
+    processes before the first timed run (AMS's processes are up before timing, too)."""
+    n = args.sessions * 10
+    sent = send(args.driver, d.port, plan(args.sessions, n, [f"{WARMUP_USER}@{DOMAIN}"]),
+                msg_file, lmtp=True, procs=procs, logdir=logdir, timeout=60)
+    got = d.delivered(WARMUP_USER)
+    d.remove_home(WARMUP_USER)
+    if sent.error or got != n:
+        raise RuntimeError(f"warm-up delivery failed ({got} of {n} delivered): "
+                           f"{sent.error or d.log_tail(2)}")
+
+
 # -- availability --------------------------------------------------------------------------
 
 
@@ -546,7 +563,7 @@ def prepare_tools(args: argparse.Namespace, progress: Progress) -> tuple[str, st
         if why:
             peer_missing = why + install_note
     else:
-        peer_missing = "skipped (--no-peer)"
+        peer_missing = SKIPPED
     return driver, peer_missing, what
 
 
@@ -589,12 +606,13 @@ def run(args: argparse.Namespace, procs: Processes, progress: Progress) -> Resul
         if res.peer_note is None:
             # Its own temp dir: Dovecot's unprivileged processes must reach it.
             d = dv.Dovecot(Path(tempfile.mkdtemp(prefix="ams-bench-dovecot-", dir=args.dir)),
-                           [u for r in range(1, args.runs + 1)
-                            for u in dovecot_users(args.users, r)])
+                           [WARMUP_USER, *(u for r in range(1, args.runs + 1)
+                                           for u in dovecot_users(args.users, r))])
             try:
                 progress("starting Dovecot", force=True)
                 d.start()
                 res.peer_version = dv.version()
+                warm_up(args, d, msg_file, procs, scratch)
             except (OSError, RuntimeError) as e:
                 res.peer_note = f"could not start: {e}"
                 d.stop()
@@ -632,6 +650,13 @@ def run(args: argparse.Namespace, procs: Processes, progress: Progress) -> Resul
 
 
 # -- report --------------------------------------------------------------------------------
+
+
+SKIPPED = "skipped (--no-peer)"
+
+
+def peer_unavailable(note: str) -> str:
+    return f"Dovecot: {note}" if note == SKIPPED else f"Dovecot: not available: {note}"
 
 
 def _median(xs: list[float]) -> float | None:
@@ -678,7 +703,7 @@ def report(res: Results, args: argparse.Namespace, argv: list[str], elapsed: flo
     peer_ok = [r.rate for r in res.peer if not r.error]
     peer_med = _median(peer_ok)
     if res.peer_note:
-        peer_line = f"Dovecot: not available: {res.peer_note}."
+        peer_line = f"{peer_unavailable(res.peer_note)}."
     else:
         peer_line = (f"Peer: Dovecot {res.peer_version} standalone, LMTP on loopback into "
                      f"Maildir, `mail_fsync = optimized` (its default), a fresh user per run.")
@@ -720,10 +745,25 @@ def report(res: Results, args: argparse.Namespace, argv: list[str], elapsed: flo
             peer_cell, ratio_cell = f"{fmt(peer_med)} msg/s", f"{ratio:.2f}×"
             target = f"≥ {TARGET:.1f}× ({'met' if ratio >= TARGET else 'MISSED'})"
         else:
-            peer_cell, ratio_cell = "not available" if res.peer_note else "FAILED", "—"
+            peer_cell = ("skipped" if res.peer_note == SKIPPED else
+                         "not available" if res.peer_note else "FAILED")
+            ratio_cell = "—"
             target = f"≥ {TARGET:.1f}× (no peer figure)"
         out.append(f"| {name} | {fmt(rate)} msg/s | {fmt(acc)} msg/s | {p50:,.0f} ms | "
                    f"{p99:,.0f} ms | {peer_cell} | {ratio_cell} | {target} |")
+    cpu_lines = []
+    for k in args.workers:
+        ok = [a for a in res.ams[k] if not a.error]
+        if ok:
+            mx = statistics.median(a.cpu_mx for a in ok) / args.messages * 1000
+            wk = statistics.median(a.cpu_workers for a in ok) / args.messages * 1000
+            cpu_lines.append(f"{k} worker{'s' if k != 1 else ''} {mx + wk:.2f} "
+                             f"(MX {mx:.2f} + workers {wk:.2f})")
+    peer_cpu = [r.cpu for r in res.peer if not r.error]
+    if cpu_lines:
+        out += ["", "CPU time per message (user + system, medians): AMS " + "; ".join(cpu_lines)
+                + " ms" + (f"; Dovecot {statistics.median(peer_cpu) / args.messages * 1000:.2f}"
+                           " ms (all its processes)" if peer_cpu else "") + "."]
     out += [
         "",
         "AMS ÷ Dovecot compares time to the last message *filed* (ours is asynchronous: "
@@ -751,7 +791,7 @@ def report(res: Results, args: argparse.Namespace, argv: list[str], elapsed: flo
             f"FAILED ({r.error})" if r.error else f"{fmt(r.rate)} msg/s, CPU {r.cpu:.1f} s"
             for r in res.peer))
     elif res.peer_note:
-        out.append(f"- Dovecot: not available: {res.peer_note}")
+        out.append(f"- {peer_unavailable(res.peer_note)}")
     return "\n".join(out)
 
 

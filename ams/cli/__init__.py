@@ -26,7 +26,7 @@ def _handlers() -> dict[str, Handler]:
         "init": c.cmd_init, "user": c.cmd_user, "mailbox": c.cmd_mailbox, "fsck": c.cmd_fsck,
         "status": c.cmd_status, "reindex": c.cmd_reindex, "queue": c.cmd_queue,
         "serve": s.cmd_serve,
-        "mx": s.cmd_mx, "worker": s.cmd_worker, "deliver": s.cmd_deliver,
+        "mx": s.cmd_mx, "imap": s.cmd_imap, "worker": s.cmd_worker, "deliver": s.cmd_deliver,
     }
     return table
 

@@ -40,13 +40,15 @@ def write_config(path: Path, cfg: Config, *, force: bool) -> None:
 
 
 def init_config(root: Path, domains: list[str], *, host_name: str | None = None,
-                cache_dir: Path | None = None, lock_method: str = "fcntl") -> Config:
+                cache_dir: Path | None = None, lock_method: str = "fcntl",
+                plaintext_auth: bool = False) -> Config:
     host: dict[str, str] = {"cache_dir": str((cache_dir or default_cache_dir(root)).resolve())}
     if host_name:
         host["name"] = host_name
     return config_from_dict({
         "store": {"root": str(root.resolve()), "lock_method": lock_method},
-        "host": host, "mail": {"domains": domains}})
+        "host": host, "mail": {"domains": domains},
+        "tls": {"allow_plaintext_auth": plaintext_auth}})
 
 
 def cmd_init(args: argparse.Namespace) -> int:

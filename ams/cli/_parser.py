@@ -70,10 +70,14 @@ def build_parser() -> argparse.ArgumentParser:
     sv = cmd("serve", "run every role over one store (creates a demo store with --root)")
     sv.add_argument("--root", help="store root; created with a demo user if there is none")
     sv.add_argument("--listen-smtp", metavar="HOST:PORT", help="MX listen address")
+    sv.add_argument("--listen-imap", metavar="HOST:PORT", help="IMAP listen address")
     sv.add_argument("--workers", type=int, default=2, help="delivery workers (default 2)")
 
     mx = cmd("mx", "run the inbound MX")
     mx.add_argument("--listen", metavar="HOST:PORT", help="override listen.smtp")
+
+    im = cmd("imap", "run an IMAP bridge")
+    im.add_argument("--listen", metavar="HOST:PORT", help="override listen.imap")
 
     w = cmd("worker", "run delivery workers (any number, on any host)")
     w.add_argument("--count", type=int, default=1, help="workers in this process")

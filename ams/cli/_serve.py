@@ -37,7 +37,10 @@ def _config_for_serve(args: argparse.Namespace) -> Config:
     root = Path(args.root).resolve()
     path = Path(args.config) if args.config else root.parent / "ams.toml"
     if not path.exists():
-        cfg = init_config(root, [DEMO_DOMAIN], cache_dir=root.parent / "cache")
+        # The demo listens on 127.0.0.1 only and has no certificate, so it
+        # allows password login without TLS; a real site sets [tls].
+        cfg = init_config(root, [DEMO_DOMAIN], cache_dir=root.parent / "cache",
+                          plaintext_auth=True)
         write_config(path, cfg, force=False)
         print(f"created config {path.resolve()}")
     cfg = load_config(path)
@@ -61,9 +64,11 @@ def _ensure_store(cfg: Config) -> None:
           f"password {password} (also in {pw_file})")
 
 
-def _with_listen(cfg: Config, smtp: str | None) -> Config:
+def _with_listen(cfg: Config, smtp: str | None = None, imap: str | None = None) -> Config:
     if smtp:
         cfg = cfg.replace(listen=dataclasses.replace(cfg.listen, smtp=smtp))
+    if imap:
+        cfg = cfg.replace(listen=dataclasses.replace(cfg.listen, imap=imap))
     return cfg
 
 
@@ -71,13 +76,15 @@ async def serve_all(cfg: Config, *, workers: int,
                     task_status: trio.TaskStatus[dict[str, str]] = trio.TASK_STATUS_IGNORED,
                     ) -> None:
     """Every available role over ``cfg``'s store; reports the listen addresses."""
+    from ams.imap import serve_imap
     from delivery import serve_workers
     from gateways import serve_mx
 
     async with trio.open_nursery() as nursery:
         pool = await nursery.start(functools.partial(serve_workers, cfg, count=workers))
         listeners = await nursery.start(functools.partial(serve_mx, cfg, on_queued=pool.wake))
-        addrs = {"smtp": _addr(listeners[0])}
+        imap = await nursery.start(functools.partial(serve_imap, cfg))
+        addrs = {"smtp": _addr(listeners[0]), "imap": _addr(imap[0])}
         task_status.started(addrs)
 
 
@@ -93,8 +100,9 @@ async def _until_signalled(cfg: Config, workers: int) -> None:
             domain = cfg.mail.domains[0] if cfg.mail.domains else "(no local domain)"
             print(f"AMS serving store {cfg.store.root} as host {cfg.host.name}")
             print(f"  SMTP (MX) for {', '.join(cfg.mail.domains) or domain}: {addrs['smtp']}")
+            print(f"  IMAP: {addrs['imap']}")
             print(f"  delivery workers: {workers}")
-            print("  IMAP, submission, bboards: not available in this version")
+            print("  submission, outbound gateways, bboards: not available in this version")
             print("Ctrl-C stops.", flush=True)
             async for _ in signals:
                 print("stopping…", flush=True)
@@ -103,7 +111,7 @@ async def _until_signalled(cfg: Config, workers: int) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    cfg = _with_listen(_config_for_serve(args), args.listen_smtp)
+    cfg = _with_listen(_config_for_serve(args), args.listen_smtp, args.listen_imap)
     _ensure_store(cfg)
     _logging()
     trio.run(_until_signalled, cfg, args.workers)
@@ -129,6 +137,25 @@ def cmd_mx(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_imap(args: argparse.Namespace) -> int:
+    from ams.imap import serve_imap
+    cfg = _with_listen(load_config(args.config), imap=args.listen)
+    Store(cfg).check()
+    _logging()
+
+    async def run() -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async with trio.open_nursery() as nursery:
+                listeners = await nursery.start(functools.partial(serve_imap, cfg))
+                print(f"IMAP listening on {_addr(listeners[0])}", flush=True)
+                async for _ in signals:
+                    nursery.cancel_scope.cancel()
+                    break
+
+    trio.run(run)
+    return 0
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     from delivery import worker_main
     return worker_main(load_config(args.config), args.count)
@@ -143,6 +170,7 @@ def _logging() -> None:
     from delivery import default_logging
     default_logging()
     logging.getLogger("gateways").setLevel(logging.getLogger("delivery").level)
+    logging.getLogger("ams.imap").setLevel(logging.getLogger("delivery").level)
 
 
-__all__ = ["cmd_deliver", "cmd_mx", "cmd_serve", "cmd_worker", "serve_all"]
+__all__ = ["cmd_deliver", "cmd_imap", "cmd_mx", "cmd_serve", "cmd_worker", "serve_all"]

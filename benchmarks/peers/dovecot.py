@@ -179,7 +179,7 @@ def apt_install(packages: Sequence[str]) -> str | None:
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        return int(s.getsockname()[1])
 
 
 class Dovecot:

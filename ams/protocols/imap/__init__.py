@@ -63,6 +63,7 @@ from ams.protocols.imap._commands import (
 from ams.protocols.imap._connection import DEFAULT_EXTENSIONS, IMAPServerConnection
 from ams.protocols.imap._responses import (
     Atom,
+    Concat,
     ContinueRequest,
     LiteralData,
     Mailbox,
@@ -90,7 +91,7 @@ __all__ = [
     "BodyKey", "Check", "Close", "Command", "ConnectionClosed", "ContinueRequest", "Copy",
     "Create", "DateKey", "Delete", "Event", "Examine", "Expunge", "Fetch", "FetchAttribute",
     "FlagKey", "HeaderKey", "IMAPServerConnection", "Id", "Idle", "IdleDone", "List",
-    "LiteralData", "LocalProtocolError", "Login", "Lsub", "Mailbox", "MailboxNameError",
+    "Concat", "LiteralData", "LocalProtocolError", "Login", "Lsub", "Mailbox", "MailboxNameError",
     "ModSeqKey", "Mode", "Move", "Namespace", "Noop", "Not", "Or", "ProtocolError", "QResync",
     "RemoteProtocolError", "Rename", "Response", "ResponseCode", "Search", "SearchKey",
     "Section", "Select", "Sentinel", "SequenceKey", "SequenceSet", "SizeKey", "StartTLS",

@@ -101,6 +101,17 @@ class LiteralData:
             raise ValueError("NUL needs a literal8 (binary=True)")
 
 
+class Concat(tuple):  # type: ignore[type-arg]
+    """Items written back to back, with neither spaces nor parentheses.
+
+    RFC 3501 writes ``body-type-mpart = 1*body SP media-subtype`` and
+    ``env-from = "(" 1*address ")"``: the parts of a multipart BODYSTRUCTURE
+    and the addresses of an ENVELOPE field follow each other with no space.
+    """
+
+    __slots__ = ()
+
+
 def _check_items(items: Sequence[Item]) -> None:
     for item in items:
         _check_item(item)
@@ -269,6 +280,8 @@ def _item(item: Item, utf8: bool, *, literal_ok: bool = True) -> bytes:
         return b'"' + date_time(item).encode("ascii") + b'"'
     if isinstance(item, SequenceSet):
         return str(item).encode("ascii")
+    if isinstance(item, Concat):
+        return b"".join(_item(i, utf8, literal_ok=literal_ok) for i in item)
     return b"(" + _items(item, utf8, literal_ok=literal_ok) + b")"
 
 

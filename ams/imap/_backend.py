@@ -1,0 +1,314 @@
+"""What an IMAP session does to the store: the bridge's model, without IMAP syntax.
+
+Theory of operation
+-------------------
+An :class:`Account` is one logged-in user: their mailbox list (names to log
+ids, ams.store.mailboxes), this host's local index (ams.index) and the logs.
+:meth:`Account.select` gives a :class:`Selected`, the session's own view of
+one mailbox:
+
+- ``uids`` is the session's message sequence: sequence number *n* is
+  ``uids[n-1]``.  It changes only when the session is allowed to tell the
+  client (RFC 3501 §7.4.1: no EXPUNGE during FETCH, STORE or SEARCH), so
+  :meth:`Selected.refresh` returns what changed and applies it at once, and
+  the caller decides when to call it.
+- ``highest_modseq`` is what this session has already reported.  The index
+  reports each change to only one of the threads or processes updating it,
+  so a session finds its news itself: after bringing the index up to date
+  from the log tail (a read of the log's new bytes only, never a directory
+  listing), it compares the index's HIGHESTMODSEQ with its own; if they
+  differ, ``changed_since`` gives the messages whose MODSEQ grew (new
+  messages and flag changes), and a message count that does not add up
+  means expunges, found by comparing UID lists.  A refresh with nothing new
+  costs one status read.
+
+Every method here is synchronous (filesystem and LMDB work); the trio driver
+calls each in a worker thread, one per command.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from ams.errors import AlreadyExists, NotFound, UsageError
+from ams.index import Index, IndexedMessage
+from ams.store import FlagOp, MailboxList, NewMessage, Store, UserRegistry
+from ams.store.log import MailboxLog
+
+SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
+DELIMITER = "/"
+
+
+@dataclass(frozen=True)
+class ListEntry:
+    name: str
+    attributes: tuple[str, ...]
+
+
+@dataclass
+class Changes:
+    """What a refresh found, in the order IMAP reports it."""
+
+    #: Sequence numbers expunged, highest first (each shifts those above it).
+    expunged: list[int] = field(default_factory=list)
+    #: UIDs of expunged messages (for VANISHED under QRESYNC).
+    expunged_uids: list[int] = field(default_factory=list)
+    #: New EXISTS count, when messages arrived.
+    exists: int | None = None
+    #: (seq, message) whose flags changed (not new ones).
+    flags: list[tuple[int, IndexedMessage]] = field(default_factory=list)
+    uidvalidity_changed: bool = False
+
+    def __bool__(self) -> bool:
+        return bool(self.expunged or self.exists is not None or self.flags
+                    or self.uidvalidity_changed)
+
+
+class Account:
+    """One user's view of the store."""
+
+    def __init__(self, store: Store, index: Index, user: str,
+                 users: UserRegistry | None = None) -> None:
+        self.store = store
+        self.index = index
+        self.user = user
+        self.users = users or UserRegistry(store)
+        self.mailboxes: MailboxList = self.users.mailboxes(user)
+
+    # -- the mailbox list ---------------------------------------------------------
+
+    def list(self) -> list[ListEntry]:
+        snap = self.mailboxes.read()
+        out: list[ListEntry] = []
+        for info in snap.list():
+            attrs = ["\\HasChildren" if snap.has_children(info.name) else "\\HasNoChildren"]
+            if info.special_use:
+                attrs.append(info.special_use)
+            if info.subscribed:
+                attrs.append("\\Subscribed")
+            out.append(ListEntry(info.name, tuple(attrs)))
+        for name in snap.implied_parents():
+            out.append(ListEntry(name, ("\\Noselect", "\\HasChildren")))
+        return sorted(out, key=lambda e: (e.name.upper() != "INBOX", e.name))
+
+    def subscriptions(self) -> list[str]:
+        return self.mailboxes.subscriptions()
+
+    def create(self, name: str) -> None:
+        self.mailboxes.create(name.rstrip(DELIMITER))
+
+    def delete(self, name: str) -> None:
+        info = self.mailboxes.lookup(name)
+        self.mailboxes.delete(name)
+        self.index.forget(info.id)
+
+    def rename(self, old: str, new: str) -> None:
+        self.mailboxes.rename(old, new)
+
+    def subscribe(self, name: str, on: bool = True) -> None:
+        if on:
+            self.mailboxes.subscribe(name)
+        else:
+            self.mailboxes.unsubscribe(name)
+
+    # -- mailboxes ------------------------------------------------------------------
+
+    def open_log(self, name: str) -> MailboxLog:
+        return self.mailboxes.open(name)
+
+    def status(self, name: str) -> dict[str, int]:
+        log = self.open_log(name)
+        self.index.update(log)
+        log_id = log.head().id
+        st = self.index.status(log_id)
+        if st is None:
+            raise NotFound(f"no index for {name}")
+        with self.index.view(log_id) as view:
+            unseen = sum(1 for _, fl in view.flags() if "\\Seen" not in fl)
+        return {"MESSAGES": st.messages, "UIDNEXT": st.uidnext, "UIDVALIDITY": st.uidvalidity,
+                "UNSEEN": unseen, "RECENT": 0, "HIGHESTMODSEQ": st.highest_modseq}
+
+    def select(self, name: str, *, readonly: bool = False) -> Selected:
+        return Selected(self, name, self.open_log(name), readonly=readonly)
+
+    def append(self, name: str, message: bytes, flags: Sequence[str] = (),
+               internal_date: int | None = None, tz_minutes: int = 0) -> tuple[int, int]:
+        """APPEND: file ``message``; return (UIDVALIDITY, UID)."""
+        log = self.open_log(name)
+        date = int(time.time()) if internal_date is None else internal_date
+        (a,) = log.append([NewMessage(message, internal_date=date, tz_minutes=tz_minutes,
+                                      flags=tuple(flags))])
+        return log.head().uidvalidity, a.uid
+
+    def special_use(self, attribute: str) -> str | None:
+        for info in self.mailboxes.list():
+            if info.special_use == attribute:
+                return info.name
+        return None
+
+
+class Selected:
+    """The session's view of one selected mailbox.  See the module docstring."""
+
+    def __init__(self, account: Account, name: str, log: MailboxLog, *,
+                 readonly: bool) -> None:
+        self.account = account
+        self.index = account.index
+        self.name = name
+        self.log = log
+        self.readonly = readonly
+        self.index.update(log)
+        self.log_id = log.head().id
+        st = self._status()
+        self.uidvalidity = st.uidvalidity
+        self.uidnext = st.uidnext
+        self.highest_modseq = st.highest_modseq
+        with self.index.view(self.log_id) as view:
+            self.uids: list[int] = view.uids()
+
+    def _status(self):  # type: ignore[no-untyped-def]
+        st = self.index.status(self.log_id)
+        if st is None:
+            raise NotFound(f"mailbox {self.name} has no index entry")
+        return st
+
+    @property
+    def exists(self) -> int:
+        return len(self.uids)
+
+    # -- keeping up --------------------------------------------------------------------
+
+    def refresh(self, *, allow_expunge: bool = True) -> Changes:
+        """Catch up with the log; report and apply what changed.
+
+        With ``allow_expunge`` False (during FETCH, STORE, SEARCH), expunges
+        are left for a later refresh, and so is anything after them.
+        """
+        self.index.update(self.log)
+        st = self._status()
+        ch = Changes()
+        if st.uidvalidity != self.uidvalidity:
+            ch.uidvalidity_changed = True
+            return ch
+        if st.highest_modseq == self.highest_modseq:
+            return ch
+        with self.index.view(self.log_id) as view:
+            changed = view.changed_since(self.highest_modseq)
+            known = set(self.uids)
+            new_uids = sorted(u for u, _ in changed if u not in known)
+            if st.messages != len(self.uids) + len(new_uids):
+                if not allow_expunge:
+                    return self._flags_only(view, changed, known, ch)
+                current = set(view.uids())
+                gone = [i for i, u in enumerate(self.uids) if u not in current]
+                for i in reversed(gone):
+                    ch.expunged.append(i + 1)
+                    ch.expunged_uids.append(self.uids[i])
+                    del self.uids[i]
+                known = set(self.uids)
+            self._flags_only(view, changed, known, ch)
+            if new_uids:
+                self.uids.extend(new_uids)
+                ch.exists = len(self.uids)
+        self.highest_modseq = st.highest_modseq
+        self.uidnext = st.uidnext
+        return ch
+
+    def _flags_only(self, view, changed, known, ch: Changes) -> Changes:  # type: ignore[no-untyped-def]
+        seq_of = {u: i + 1 for i, u in enumerate(self.uids)}
+        for uid, _modseq in changed:
+            if uid in known:
+                m = view.get(uid)
+                if m is not None:
+                    ch.flags.append((seq_of[uid], m))
+        return ch
+
+    # -- reading ---------------------------------------------------------------------
+
+    def messages(self, uids: Iterable[int]) -> list[tuple[int, IndexedMessage]]:
+        """(seq, message) for ``uids`` that are in the session's view, in UID order."""
+        seq_of = {u: i + 1 for i, u in enumerate(self.uids)}
+        want = sorted(u for u in set(uids) if u in seq_of)
+        if not want:
+            return []
+        out = []
+        with self.index.view(self.log_id) as view:
+            for u in want:
+                m = view.get(u)
+                if m is not None:
+                    out.append((seq_of[u], m))
+        return out
+
+    def read(self, m: IndexedMessage) -> bytes:
+        return self.log.read_message(m.location)
+
+    def uid_range(self, seqs: Iterable[int]) -> list[int]:
+        return [self.uids[s - 1] for s in seqs if 1 <= s <= len(self.uids)]
+
+    # -- changing ---------------------------------------------------------------------
+
+    def _writable(self) -> None:
+        if self.readonly:
+            raise UsageError("mailbox is read-only (EXAMINE)")
+
+    def store(self, uids: Sequence[int], op: FlagOp, flags: Sequence[str], *,
+              unchanged_since: int | None = None) -> tuple[list[int], list[int]]:
+        """STORE: change flags; return (uids changed, uids refused by UNCHANGEDSINCE).
+
+        No record is written for messages whose flags would not change
+        (RFC 7162: MODSEQ moves only on a real change).
+        """
+        self._writable()
+        targets = self.messages(uids)
+        refused = []
+        todo = []
+        for _seq, m in targets:
+            if unchanged_since is not None and m.modseq > unchanged_since:
+                refused.append(m.uid)
+                continue
+            new = _apply(m.flags, op, flags)
+            if new != m.flags:
+                todo.append(m.uid)
+        if todo:
+            self.log.store_flags(op, list(flags), todo)
+        return todo, refused
+
+    def expunge(self, only: Iterable[int] | None = None) -> list[int]:
+        """EXPUNGE (or UID EXPUNGE of ``only``): remove \\Deleted messages."""
+        self._writable()
+        with self.index.view(self.log_id) as view:
+            deleted = [u for u, fl in view.flags() if "\\Deleted" in fl]
+        if only is not None:
+            keep = set(only)
+            deleted = [u for u in deleted if u in keep]
+        if deleted:
+            self.log.expunge(deleted)
+        return deleted
+
+    def copy_to(self, uids: Sequence[int], dest: str) -> tuple[int, list[int], list[int]]:
+        """COPY: append copies to ``dest``; return (UIDVALIDITY, source UIDs, new UIDs)."""
+        try:
+            dlog = self.account.open_log(dest)
+        except NotFound:
+            raise NotFound(f"[TRYCREATE] no mailbox {dest}") from None
+        msgs = self.messages(uids)
+        if not msgs:
+            return dlog.head().uidvalidity, [], []
+        new = [NewMessage(self.read(m), internal_date=m.internal_date, tz_minutes=m.tz_minutes,
+                          flags=tuple(sorted(m.flags))) for _, m in msgs]
+        res = dlog.append(new)
+        return dlog.head().uidvalidity, [m.uid for _, m in msgs], [a.uid for a in res]
+
+
+def _apply(old: frozenset[str], op: FlagOp, flags: Sequence[str]) -> frozenset[str]:
+    if op == FlagOp.REPLACE:
+        return frozenset(flags)
+    if op == FlagOp.ADD:
+        return old | frozenset(flags)
+    return old - frozenset(flags)
+
+
+__all__ = ["Account", "AlreadyExists", "Changes", "DELIMITER", "ListEntry", "SYSTEM_FLAGS",
+           "Selected"]
