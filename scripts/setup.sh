@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 say() { [ -n "${AMS_SETUP_QUIET:-}" ] || printf 'setup: %s\n' "$*" >&2; }
 
 # System packages: what pyfuse3 builds against, and what the tests drive.
-PKGS=(libfuse3-dev fuse3 pkg-config python3-venv python3-dev gcc swaks)
+PKGS=(libfuse3-dev fuse3 pkg-config python3-venv python3-dev gcc swaks isync mutt tmux)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
