@@ -298,3 +298,56 @@ def test_two_bridges_agree_and_idle_sees_the_others_changes(make_config: MakeCon
         assert latency < 2.0
         ca.logout()
         cb.logout()
+
+
+async def test_starttls_and_implicit_tls(make_config: MakeConfig, tmp_path: Path) -> None:
+    import dataclasses
+    import ssl
+
+    import trustme
+    ca = trustme.CA()
+    ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(
+        str(tmp_path / "imap.pem"))
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        tls_port = probe.getsockname()[1]
+    cfg = make_config()  # no plaintext logins
+    cfg = cfg.replace(tls=dataclasses.replace(cfg.tls, certificate=tmp_path / "imap.pem",
+                                              key=tmp_path / "imap.pem"),
+                      listen=dataclasses.replace(cfg.listen, imaps=f"127.0.0.1:{tls_port}"))
+    store = Store.initialise(cfg)
+    add_users(store, "alice")
+    ctx = ssl.create_default_context()
+    ca.configure_trust(ctx)
+
+    def client(port: int) -> None:
+        c = imaplib.IMAP4("127.0.0.1", port)
+        assert b"LOGINDISABLED" in c.capability()[1][0]
+        c.starttls(ssl_context=ctx)
+        caps = c.capability()[1][0]
+        assert b"LOGINDISABLED" not in caps and b"STARTTLS" not in caps
+        assert c.login("alice", "alice-pw")[0] == "OK"
+        c.logout()
+        s = imaplib.IMAP4_SSL("127.0.0.1", tls_port, ssl_context=ctx)
+        assert s.login("alice", "alice-pw")[0] == "OK"
+        assert s.select("INBOX")[0] == "OK"
+        s.logout()
+
+    async with running_imap(cfg) as port:
+        await in_thread(client, port)
+
+
+async def test_capabilities_are_only_what_works(make_config: MakeConfig) -> None:
+    cfg, store = site(make_config)
+    add_users(store, "alice")
+
+    def client(port: int) -> bytes:
+        c = imaplib.IMAP4("127.0.0.1", port)
+        caps = c.capability()[1][0]
+        c.logout()
+        return caps
+
+    async with running_imap(cfg) as port:
+        caps = await in_thread(client, port)
+    assert b"QRESYNC" not in caps  # not served yet: not advertised
+    assert b"CONDSTORE" in caps and b"IDLE" in caps

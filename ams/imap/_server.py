@@ -36,6 +36,7 @@ from ams.imap._backend import SYSTEM_FLAGS, Account, Changes, Selected
 from ams.imap._fetch import FetchCache, fetch_items, search_matches
 from ams.index import Index
 from ams.protocols.imap import (
+    DEFAULT_EXTENSIONS,
     NEED_DATA,
     PAUSED,
     Append,
@@ -82,6 +83,9 @@ IDLE_POLL = 0.2
 MAX_DELAY = 8.0
 FAILURE_MEMORY = 600.0
 PERMANENT_FLAGS = (*SYSTEM_FLAGS, "\\*")
+#: What the bridge advertises: only what it really implements.  QRESYNC
+#: (VANISHED, SELECT with known UIDs) is parsed by the core but not yet served.
+EXTENSIONS = tuple(e for e in DEFAULT_EXTENSIONS if e != "QRESYNC")
 _OPS = {"replace": FlagOp.REPLACE, "add": FlagOp.ADD, "remove": FlagOp.REMOVE}
 
 
@@ -123,7 +127,15 @@ class Bridge:
         self.index.close()
 
     async def handle(self, stream: trio.abc.Stream) -> None:
-        session = Session(self, stream, _peer(stream))
+        tls = isinstance(stream, trio.SSLStream)
+        if tls:
+            try:
+                with trio.fail_after(30):
+                    await stream.do_handshake()
+            except (trio.TooSlowError, trio.BrokenResourceError, ssl.SSLError):
+                await trio.aclose_forcefully(stream)
+                return
+        session = Session(self, stream, _peer(stream), tls=tls)
         try:
             await session.run()
         except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError) as e:
@@ -141,7 +153,7 @@ class Session:
         self.conn = IMAPServerConnection(
             tls_available=bridge.ssl_context is not None, tls_active=tls,
             allow_plaintext_auth=bridge.config.tls.allow_plaintext_auth,
-            max_literal=bridge.config.limits.max_message_bytes)
+            max_literal=bridge.config.limits.max_message_bytes, extensions=EXTENSIONS)
         self.account: Account | None = None
         self.selected: Selected | None = None
 
@@ -535,7 +547,8 @@ def _match(pattern: str, name: str) -> bool:
 
 
 def _peer(stream: trio.abc.Stream) -> str:
-    sock = getattr(stream, "socket", None)
+    inner = getattr(stream, "transport_stream", stream)
+    sock = getattr(inner, "socket", None)
     try:
         host, port = sock.getpeername()[:2] if sock is not None else ("?", 0)
     except OSError:
@@ -550,11 +563,17 @@ async def serve_imap(config: Config, *, listen: str | None = None,
     """Run an IMAP bridge until cancelled; ``task_status`` gets the listeners."""
     from gateways import parse_listen, server_ssl_context
 
-    bridge = await trio.to_thread.run_sync(
-        functools.partial(Bridge, config, ssl_context=ssl_context or server_ssl_context(config)))
+    ctx = ssl_context or server_ssl_context(config)
+    bridge = await trio.to_thread.run_sync(functools.partial(Bridge, config, ssl_context=ctx))
     try:
         host, port = parse_listen(listen or config.listen.imap)
-        listeners = await trio.open_tcp_listeners(port, host=host)
+        listeners: list[Any] = list(await trio.open_tcp_listeners(port, host=host))
+        if config.listen.imaps and ctx is not None:
+            # Implicit TLS (RFC 8314): the handshake comes first, so the
+            # session starts with TLS active.
+            thost, tport = parse_listen(config.listen.imaps)
+            for tcp in await trio.open_tcp_listeners(tport, host=thost):
+                listeners.append(trio.SSLListener(tcp, ctx, https_compatible=False))
         task_status.started(listeners)
         await trio.serve_listeners(bridge.handle, listeners)
     finally:
