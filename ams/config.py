@@ -99,6 +99,9 @@ class LimitsConfig:
     data_timeout: float = 600.0
     max_bad_commands: int = 20
     delivery_attempts: int = 10
+    #: IMAP: seconds without a command (IDLE included) before the bridge
+    #: logs a client out.  RFC 3501 asks for at least 30 minutes.
+    imap_autologout: float = 1800.0
 
 
 @dataclass(frozen=True)
@@ -263,7 +266,8 @@ def _check(obj: Any, prefix: str, source: str) -> None:
             need(bool(d) and " " not in d and "@" not in d, "domains", f"has a bad domain {d!r}")
     elif isinstance(obj, LimitsConfig):
         for name in ("max_message_bytes", "max_line_bytes", "max_recipients",
-                     "max_connections", "max_bad_commands", "delivery_attempts"):
+                     "max_connections", "max_bad_commands", "delivery_attempts",
+                     "imap_autologout"):
             need(getattr(obj, name) > 0, name, "must be positive")
 
 

@@ -351,3 +351,27 @@ async def test_capabilities_are_only_what_works(make_config: MakeConfig) -> None
         caps = await in_thread(client, port)
     assert b"QRESYNC" not in caps  # not served yet: not advertised
     assert b"CONDSTORE" in caps and b"IDLE" in caps
+
+
+async def test_autologout_after_inactivity_in_idle(make_config: MakeConfig) -> None:
+    import dataclasses
+    cfg, store = site(make_config)
+    cfg = cfg.replace(limits=dataclasses.replace(cfg.limits, imap_autologout=1.0))
+    add_users(store, "alice")
+
+    def client(port: int) -> list[bytes]:
+        c = imaplib.IMAP4("127.0.0.1", port)
+        c.login("alice", "alice-pw")
+        c.select("INBOX")
+        c.send(c._new_tag() + b" IDLE\r\n")
+        c.sock.settimeout(10)
+        lines = [c.readline()]
+        while lines[-1] and not lines[-1].startswith(b"* BYE"):
+            lines.append(c.readline())
+        c.shutdown()
+        return lines
+
+    async with running_imap(cfg) as port:
+        with trio.fail_after(15):
+            lines = await in_thread(client, port)
+    assert lines[0].startswith(b"+") and lines[-1].startswith(b"* BYE")

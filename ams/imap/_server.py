@@ -12,8 +12,8 @@ worker thread: they do filesystem and LMDB work) and into responses.
   (LOGINDISABLED) unless ``tls.allow_plaintext_auth`` or TLS is active.
 - New mail: a session polls its selected mailbox's log tail while it is in
   IDLE and at every command, never by listing a directory.
-- Autologout after ``AUTOLOGOUT`` seconds without a command (RFC 3501: at
-  least 30 minutes), IDLE included.
+- Autologout after ``limits.imap_autologout`` seconds without a command
+  (RFC 3501: at least 30 minutes, the default), IDLE included.
 - Any unexpected exception in a handler is logged and answered ``NO
   [SERVERBUG]``; the client never sees exception text.
 """
@@ -78,7 +78,6 @@ from ams.store import Store as SharedStore
 log = logging.getLogger(__name__)
 
 RECV_SIZE = 65536
-AUTOLOGOUT = 30 * 60.0
 IDLE_POLL = 0.2
 MAX_DELAY = 8.0
 FAILURE_MEMORY = 600.0
@@ -156,6 +155,7 @@ class Session:
             max_literal=bridge.config.limits.max_message_bytes, extensions=EXTENSIONS)
         self.account: Account | None = None
         self.selected: Selected | None = None
+        self.autologout = bridge.config.limits.imap_autologout
 
     async def thread(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return await trio.to_thread.run_sync(functools.partial(fn, *args, **kwargs))
@@ -176,7 +176,7 @@ class Session:
                 return
             if event is NEED_DATA:
                 await self.flush()
-                with trio.move_on_after(AUTOLOGOUT) as scope:
+                with trio.move_on_after(self.autologout) as scope:
                     data = await self.stream.receive_some(RECV_SIZE)
                 if scope.cancelled_caught:
                     self.conn.bye("Autologout; idle for too long")
@@ -483,7 +483,7 @@ class Session:
 
     async def idle(self, ev: Idle) -> bool:
         """Report changes as they come until DONE; False if the client went away."""
-        deadline = trio.current_time() + AUTOLOGOUT
+        deadline = trio.current_time() + self.autologout
         while True:
             event = self.conn.next_event()
             if isinstance(event, IdleDone):
