@@ -2,7 +2,7 @@
 
 Run from the repository root (as root, on Debian, for the peer)::
 
-    python -m benchmarks.bench_delivery              # default: about 5 minutes on 2 cores
+    python -m benchmarks.bench_delivery              # default: 3-5 minutes on 2 cores
     python -m benchmarks.bench_delivery --quick      # 500 messages, 1 run: a smoke test
     python -m benchmarks.bench_delivery --runs 5 --users 20 --dir /var/tmp
 
@@ -20,6 +20,9 @@ single`` runs one ``ams worker --count K`` instead).  The MX and the workers
 share nothing but the store: no ``wake()`` crosses processes, so the workers
 find new mail by polling the spool, as on a multi-host pool.  They log one
 line per message at INFO, their default, into files in the temp dir.
+The spool's 256 shard dirs are made before the run, as any store has them
+after its first few hundred messages (on a fresh store, concurrent first
+enqueues into one shard can fail with a 451: see ``run_ams``).
 
 The driver then sends ``--messages`` copies of one ~1 KB message over
 ``--sessions`` concurrent SMTP sessions: Postfix's ``smtp-source`` (one
@@ -41,11 +44,12 @@ over them (one ``smtp-source`` per user).
 
 Dovecot: one standalone instance for the whole benchmark
 (:mod:`benchmarks.peers.dovecot`: its own config and base_dir, Maildir,
-``mail_fsync = optimized``, its default), a fresh user per run, the same
-message, count and sessions, spoken as LMTP (``smtp-source -L``).  LMTP
-answers after the message is delivered, so its rate is messages / wall time
-until the driver has every reply, checked against the files in the
-Maildir.  Ours is asynchronous (250 once durable in the spool, filed later):
+``mail_fsync = optimized``, its default), warmed up with 10 messages per
+session so its LMTP processes are forked before timing, a fresh user per
+run, the same message, count and sessions, spoken as LMTP
+(``smtp-source -L``).  LMTP answers after the message is delivered, so its
+rate is messages / wall time until the driver has every reply, checked
+against the files in the Maildir.  Ours is asynchronous (250 once durable in the spool, filed later):
 the fair comparison is to the last filing, which is what the ratio uses.
 
 Configurations are interleaved (Dovecot, 1, 2, 4 workers, rotated each run),
