@@ -351,3 +351,27 @@ def test_reader_resumes_from_saved_position(store: Store) -> None:
     b = log.reader(Position(pos.generation, pos.seq, pos.offset)).poll()
     assert not b.reset and [r.uid for r in b.records] == [6, 7, 8]
     assert all(r.type == RecordType.APPEND for r in b.records)
+
+
+def test_dedupe_window_sees_other_writers_compaction_and_old_retries(store: Store) -> None:
+    """[W7] with the remembered window: other hosts' filings, compaction, older retries."""
+    a = new_log(store)
+    b = store.log_at(a.path)  # another process's handle on the same log
+    since = int(time.time() * 1e6)
+    assert [x.duplicate for x in b.append([msg(1)], dedupe_since_us=since)] == [False]
+    assert [x.duplicate for x in a.append([msg(2)], dedupe_since_us=since)] == [False]
+    # b's window was built before a filed m2: it must catch up, not miss it.
+    got = b.append([msg(2), msg(3)], dedupe_since_us=since)
+    assert [x.duplicate for x in got] == [True, False]
+    # A plain append by a (no dedupe) is seen by b's catch-up too.
+    a.append([msg(4)])
+    assert [x.duplicate for x in b.append([msg(4)], dedupe_since_us=since)] == [True]
+    # Compaction starts a new generation: the window is rebuilt from it.
+    a.compact()
+    assert [x.duplicate for x in b.append([msg(1), msg(5)], dedupe_since_us=since)] == \
+        [True, False]
+    # A retry older than the window scans further back.
+    old = since - 3600 * 1_000_000
+    assert [x.duplicate for x in b.append([msg(3)], dedupe_since_us=old)] == [True]
+    st = fold(a.reader())
+    assert sorted(m.delivery_id for m in st.messages.values()) == ["m1", "m2", "m3", "m4", "m5"]

@@ -770,3 +770,24 @@ def test_crash_between_reason_and_move_to_failed(tmp_path: Path,
         w.fail(c, "second reason")
     (info,) = spool.list_entries("in", Place.FAILED)
     assert (info.id, info.reason) == (eid, "second reason")
+
+
+def test_no_shard_starves_behind_a_busy_one(tmp_path: Path) -> None:
+    """Batches resume after the shard where the last one filled up."""
+    spool = open_spool(cfg_dict(tmp_path))
+    by_shard: dict[str, list[str]] = {}
+    while len(by_shard) < 3 or max(len(v) for v in by_shard.values()) < 20:
+        env = spool.enqueue("in", mail_from="a@x.test", rcpt_to=["b@example.test"],
+                            message=b"hi\r\n")
+        by_shard.setdefault(shard_of_entry(env.id), []).append(env.id)
+    with spool.register_worker() as w:
+        shards = sorted(by_shard)
+        busy = max(shards, key=lambda s: len(by_shard[s]))
+        # Three batches of 5: a shard other than the busiest must be served
+        # before the busiest is drained.
+        seen: list[str] = []
+        for _ in range(len(shards)):
+            seen += [shard_of_entry(c.entry_id) for c in w.claim_batch("in", 5, shards=shards)]
+        assert set(seen) == set(shards)
+        first_other = next(i for i, s in enumerate(seen) if s != seen[0])
+        assert first_other <= 5, (busy, seen)

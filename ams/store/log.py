@@ -92,6 +92,8 @@ log = logging.getLogger(__name__)
 
 HEAD_FORMAT = 1
 READ_CHUNK = 4 * 1024 * 1024
+#: Past this many remembered delivery ids a log starts a fresh window.
+MAX_KNOWN_IDS = 200_000
 
 #: Crash injection for tests: when $AMS_CRASHPOINT names a point the process
 #: dies there with os._exit, as a SIGKILL would leave it.  Unset in
@@ -240,6 +242,8 @@ class MailboxLog:
         # A cache of where the tail was, to skip re-reading the chain and
         # re-verifying a record this process wrote itself.
         self._cached: tuple[int, int, int, int, int] | None = None  # gen, seq, size, uidnext, hms
+        # Delivery ids known to be filed, for [W7] (see _find_delivery_ids).
+        self._known: _KnownIds | None = None
 
     # -- reading ------------------------------------------------------------
 
@@ -297,9 +301,15 @@ class MailboxLog:
                         flags=m.flags, delivery_id=m.delivery_id)
                     pending.append((RecordType.APPEND, payload, 1))
                     out.append(Appended(0, 0, m.delivery_id))
+                known_current = (self._known is not None and dedupe_since_us is not None
+                                 and wanted != set())
                 written = self._write(tail, pending)
                 it = iter(written)
-                return [a if a.duplicate else Appended(*next(it), a.delivery_id) for a in out]
+                result = [a if a.duplicate else Appended(*next(it), a.delivery_id) for a in out]
+                if known_current:
+                    self._remember(tail, [(a.delivery_id, a.uid, a.modseq) for a in result
+                                          if not a.duplicate])
+                return result
             finally:
                 os.close(tail.fd)
 
@@ -488,17 +498,61 @@ class MailboxLog:
 
     def _find_delivery_ids(self, tail: _Tail, wanted: set[str], since_us: int,
                            ) -> dict[str, tuple[int, int]]:
-        """Scan back from the tail for APPENDs carrying ``wanted`` ids [W7]."""
-        found: dict[str, tuple[int, int]] = {}
+        """Which of ``wanted`` are filed already, at or after ``since_us`` [W7].
+
+        The first call scans back from the tail to ``since_us`` less the
+        clock skew and remembers every delivery id it saw, and where the scan
+        ended (:class:`_KnownIds`).  Later calls, still under the lock, read
+        forward only what other writers added since; this process's own
+        appends are added as they are written.  So the check costs what the
+        others wrote, not the whole window again.
+        """
         floor = since_us - int(self.options.clock_skew * 1_000_000)
+        k = self._known
+        if (k is None or k.generation != tail.header.generation or k.floor_us > floor
+                or (k.seq, k.offset) > (tail.header.seq, tail.size)):
+            k = self._known = self._scan_window(tail, floor)
+        elif (k.seq, k.offset) != (tail.header.seq, tail.size):
+            self._catch_up(k, tail)
+        return {d: k.ids[d] for d in wanted if d in k.ids}
+
+    def _scan_window(self, tail: _Tail, floor: int) -> _KnownIds:
+        ids: dict[str, tuple[int, int]] = {}
         for rec_header, did in self._scan_back(tail):
             if rec_header.time_us < floor:
                 break
-            if did in wanted and did not in found:
-                found[did] = (rec_header.uid, rec_header.modseq)
-                if len(found) == len(wanted):
-                    break
-        return found
+            if did:
+                ids.setdefault(did, (rec_header.uid, rec_header.modseq))
+        return _KnownIds(tail.header.generation, tail.header.seq, tail.size, floor, ids)
+
+    def _catch_up(self, k: _KnownIds, tail: _Tail) -> None:
+        """Read the records other writers appended after ``k``'s position."""
+        reader = LogReader(self.path, Position(k.generation, k.seq, k.offset))
+        while True:
+            batch = reader.poll(limit=4096)
+            if batch.reset or batch.stopped_at is not None:
+                self._known = None
+                k.ids.clear()
+                k.floor_us = 1 << 62  # unusable: the next call scans again
+                return
+            for rec in batch.records:
+                if isinstance(rec.body, Append) and rec.body.delivery_id:
+                    k.ids.setdefault(rec.body.delivery_id, (rec.uid, rec.modseq))
+            if not batch.records:
+                break
+        k.seq, k.offset = batch.position.seq, batch.position.offset
+
+    def _remember(self, tail: _Tail, filed: list[tuple[str, int, int]]) -> None:
+        """Our own appends extend the known window, which stays current."""
+        k = self._known
+        if k is None or k.generation != tail.header.generation:
+            return
+        for did, uid, modseq in filed:
+            if did:
+                k.ids.setdefault(did, (uid, modseq))
+        k.seq, k.offset = tail.header.seq, tail.size
+        if len(k.ids) > MAX_KNOWN_IDS:
+            self._known = None  # rare: start a fresh window rather than grow
 
     def _scan_back(self, tail: _Tail) -> Iterator[tuple[RecordHeader, str]]:
         """Yield (header, delivery id) of APPEND records, newest first."""
@@ -635,6 +689,17 @@ class MailboxLog:
         if removed and self.options.fsync:
             _fs.fsync_dir(self.path)
         return removed
+
+
+@dataclass
+class _KnownIds:
+    """Every delivery id filed in the log from ``floor_us`` up to (seq, offset)."""
+
+    generation: int
+    seq: int
+    offset: int
+    floor_us: int
+    ids: dict[str, tuple[int, int]]
 
 
 @dataclass(frozen=True)

@@ -341,8 +341,10 @@ class Spool:
         try:
             os.rename(src, dst)
         except FileNotFoundError:
-            if not _lexists(src) or dst.parent.is_dir():
+            if not _lexists(src):
                 raise
+            # The shard dir is missing, or another thread or host created it
+            # a moment ago: make sure it exists (idempotent) and go again.
             _fs.makedirs(dst.parent, sync=self.sync)
             os.rename(src, dst)
         if self.sync:
@@ -605,7 +607,9 @@ class Worker:
         """Claim up to ``limit`` entries, oldest first per shard.
 
         ``shards`` overrides the rendezvous assignment (admin tools, tests).
-        The scan starts one shard further each call so no shard starves.
+        Each scan resumes at the shard after the one where the previous
+        batch filled up, so a busy shard cannot starve the others: every
+        shard is visited once per round, whatever the batch size.
         """
         if queue not in self.queues:
             raise UsageError(f"worker {self.id} does not serve queue {queue!r}")
@@ -614,15 +618,17 @@ class Worker:
         if not order:
             return []
         k = self._cursor % len(order)
-        self._cursor += 1
         got: list[Claim] = []
-        for shard in order[k:] + order[:k]:
+        for i in range(len(order)):
+            shard = order[(k + i) % len(order)]
             for name in sorted(_listdir(self.spool.shard_dir(queue, shard))):
-                if len(got) >= limit:
-                    return got
                 claim = self._claim_name(queue, shard, name)
                 if claim is not None:
                     got.append(claim)
+                if len(got) >= limit:
+                    self._cursor = k + i + 1
+                    return got
+        self._cursor = k + 1
         return got
 
     def _claim_name(self, queue: str, shard: str, name: str) -> Claim | None:
