@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 import re
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import Iterator
+from contextlib import AbstractAsyncContextManager, contextmanager
 from pathlib import Path
-
-import trio
 
 from ams.config import Config, render_config
 from ams.imap import serve_imap
+from tests.mx_helpers import running
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -24,14 +22,9 @@ def plaintext(cfg: Config) -> Config:
     return cfg.replace(tls=dataclasses.replace(cfg.tls, allow_plaintext_auth=True))
 
 
-@asynccontextmanager
-async def running_imap(config: Config) -> AsyncIterator[int]:
+def running_imap(config: Config) -> AbstractAsyncContextManager[int]:
     """An IMAP bridge in this process on 127.0.0.1:<free port>; yields the port."""
-    async with trio.open_nursery() as nursery:
-        listeners = await nursery.start(functools.partial(serve_imap, config,
-                                                          listen="127.0.0.1:0"))
-        yield listeners[0].socket.getsockname()[1]
-        nursery.cancel_scope.cancel()
+    return running(serve_imap, config)
 
 
 @contextmanager

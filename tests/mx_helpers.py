@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 import argon2
 import trio
@@ -24,10 +24,13 @@ def add_users(store: Store, *names: str) -> UserRegistry:
 
 
 @asynccontextmanager
-async def running_mx(config: Config) -> AsyncIterator[int]:
-    """Start the MX on 127.0.0.1:<free port>; yield the port."""
+async def running(serve: Callable[..., Awaitable[None]], config: Config) -> AsyncIterator[int]:
+    """Start a listening role on 127.0.0.1:<free port> in this process; yield the port."""
     async with trio.open_nursery() as nursery:
-        listeners = await nursery.start(functools.partial(serve_mx, config,
-                                                          listen="127.0.0.1:0"))
+        listeners = await nursery.start(functools.partial(serve, config, listen="127.0.0.1:0"))
         yield listeners[0].socket.getsockname()[1]
         nursery.cancel_scope.cancel()
+
+
+def running_mx(config: Config) -> AbstractAsyncContextManager[int]:
+    return running(serve_mx, config)

@@ -15,6 +15,7 @@ import functools
 import logging
 import secrets
 import signal
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import trio
@@ -118,42 +119,34 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_mx(args: argparse.Namespace) -> int:
-    from gateways import serve_mx
-    cfg = _with_listen(load_config(args.config), args.listen)
+def _serve_one(cfg: Config, serve: Callable[..., Awaitable[None]], label: str) -> int:
+    """Run one listening role until SIGTERM or SIGINT, printing its address."""
     Store(cfg).check()
     _logging()
 
     async def run() -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async with trio.open_nursery() as nursery:
-                listeners = await nursery.start(functools.partial(serve_mx, cfg))
-                print(f"SMTP (MX) listening on {_addr(listeners[0])}", flush=True)
+                listeners = await nursery.start(functools.partial(serve, cfg))
+                print(f"{label} listening on {_addr(listeners[0])}", flush=True)
                 async for _ in signals:
                     nursery.cancel_scope.cancel()
                     break
 
     trio.run(run)
     return 0
+
+
+def cmd_mx(args: argparse.Namespace) -> int:
+    from gateways import serve_mx
+    return _serve_one(_with_listen(load_config(args.config), args.listen), serve_mx,
+                      "SMTP (MX)")
 
 
 def cmd_imap(args: argparse.Namespace) -> int:
     from ams.imap import serve_imap
-    cfg = _with_listen(load_config(args.config), imap=args.listen)
-    Store(cfg).check()
-    _logging()
-
-    async def run() -> None:
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            async with trio.open_nursery() as nursery:
-                listeners = await nursery.start(functools.partial(serve_imap, cfg))
-                print(f"IMAP listening on {_addr(listeners[0])}", flush=True)
-                async for _ in signals:
-                    nursery.cancel_scope.cancel()
-                    break
-
-    trio.run(run)
-    return 0
+    return _serve_one(_with_listen(load_config(args.config), imap=args.listen), serve_imap,
+                      "IMAP")
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
