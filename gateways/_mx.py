@@ -5,7 +5,9 @@ Policy, on top of the generic driver (gateways._smtp_server):
 - RCPT is checked against the store at once: a local user, alias,
   ``user+detail`` or forwarding address is accepted; an unknown user gets
   ``550 5.1.1``; any other domain ``550 5.7.1`` (never an open relay); a
-  store that cannot be read ``451 4.3.0``.
+  store that cannot be read ``451 4.3.0``.  Answers are reused for
+  ``RCPT_CACHE_SECONDS``; the worker resolves again when it files, so a
+  user removed meanwhile gets nothing filed, only a late refusal.
 - At the end of DATA a Received: header is prepended and the message and
   its envelope are written to this host's staging dir, fsynced and renamed
   into a spool shard (ams.store.spool).  Only then is ``250`` sent.  A full
@@ -27,10 +29,16 @@ from ams.config import Config
 from ams.protocols.smtp import EndOfData, MailFrom, RcptTo, Reply
 from ams.protocols.smtp import replies as R
 from ams.store import Spool, Store
-from delivery import Refusal, Resolver
+from delivery import Refusal, Resolution, Resolver
 from gateways._smtp_server import Policy, ServerOptions, Session, SMTPServer, serve_smtp
 
 log = logging.getLogger(__name__)
+
+
+#: How long an RCPT answer is reused.  Only the answer at RCPT time is
+#: cached: the worker resolves every recipient again when it files.
+RCPT_CACHE_SECONDS = 5.0
+RCPT_CACHE_ENTRIES = 10_000
 
 
 class MXPolicy(Policy):
@@ -42,12 +50,28 @@ class MXPolicy(Policy):
         self.resolver = Resolver(store)
         self.spool = Spool(store)
         self.on_queued = on_queued
+        self._rcpt_cache: dict[str, tuple[float, Resolution | Refusal]] = {}
 
     async def mail_from(self, s: Session, ev: MailFrom) -> Reply | None:
         return None
 
+    async def _resolve(self, address: str) -> Resolution | Refusal:
+        """Resolve, reusing a fresh answer without a trip to a worker thread."""
+        key = address.lower()
+        now = trio.current_time()
+        hit = self._rcpt_cache.get(key)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        result = await trio.to_thread.run_sync(self.resolver.resolve_for_rcpt, address)
+        if isinstance(result, Refusal) and not result.permanent:
+            return result  # a temporary failure is not remembered
+        if len(self._rcpt_cache) >= RCPT_CACHE_ENTRIES:
+            self._rcpt_cache.clear()
+        self._rcpt_cache[key] = (now + RCPT_CACHE_SECONDS, result)
+        return result
+
     async def rcpt_to(self, s: Session, ev: RcptTo) -> Reply | None:
-        result = await trio.to_thread.run_sync(self.resolver.resolve_for_rcpt, ev.address)
+        result = await self._resolve(ev.address)
         if isinstance(result, Refusal):
             spec = result.reply
             log.info("%s: RCPT %s refused: %s", s.peer, ev.address, result)
