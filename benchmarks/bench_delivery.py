@@ -20,9 +20,8 @@ single`` runs one ``ams worker --count K`` instead).  The MX and the workers
 share nothing but the store: no ``wake()`` crosses processes, so the workers
 find new mail by polling the spool, as on a multi-host pool.  They log one
 line per message at INFO, their default, into files in the temp dir.
-The spool's 256 shard dirs are made before the run, as any store has them
-after its first few hundred messages (on a fresh store, concurrent first
-enqueues into one shard can fail with a 451: see ``run_ams``).
+Each run starts from a fresh store, so the spool's shard dirs are made on
+first use, as in production.
 
 The driver then sends ``--messages`` copies of one ~1 KB message over
 ``--sessions`` concurrent SMTP sessions: Postfix's ``smtp-source`` (one
@@ -86,7 +85,6 @@ import argon2  # noqa: E402
 from ams.config import config_from_dict, render_config  # noqa: E402
 from ams.index._fstype import filesystem_type  # noqa: E402
 from ams.store import RecordType, Spool, Store, UserRegistry  # noqa: E402
-from ams.store.spool import SHARDS  # noqa: E402
 from benchmarks.bench_store import Progress, fmt  # noqa: E402
 from benchmarks.peers import dovecot as dv  # noqa: E402
 
@@ -353,14 +351,7 @@ def run_ams(args: argparse.Namespace, workers: int, msg_file: Path, procs: Proce
         for u in users:
             reg.add(u, "bench-password")
         readers = [reg.mailboxes(u).open("INBOX").reader() for u in users]
-        # The spool's shard dirs as any store has them after its first few
-        # hundred messages.  A fresh store makes each on first use, and two
-        # MX threads making the same one at once can fail an enqueue (451):
-        # Spool._rename_into raises when the dir appeared under it.
         spool = Spool(store)
-        for shard in SHARDS:
-            os.makedirs(spool.shard_dir("in", shard), exist_ok=True)
-
         py = sys.executable
         mx = procs.spawn([py, "-m", "ams.cli", "mx", "--config", str(conf)],
                          stdout=base / "mx.out", stderr=base / "mx.log", env=_env())

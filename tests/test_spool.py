@@ -791,3 +791,32 @@ def test_no_shard_starves_behind_a_busy_one(tmp_path: Path) -> None:
         assert set(seen) == set(shards)
         first_other = next(i for i, s in enumerate(seen) if s != seen[0])
         assert first_other <= 5, (busy, seen)
+
+
+def test_concurrent_first_enqueues_into_missing_shards(tmp_path: Path) -> None:
+    """Threads creating the same shard dir at once: every enqueue succeeds."""
+    import shutil
+    import threading
+    spool = open_spool(cfg_dict(tmp_path))
+    errors: list[BaseException] = []
+    for _round in range(5):
+        for shard in SHARDS:
+            shutil.rmtree(spool.shard_dir("in", shard), ignore_errors=True)
+        barrier = threading.Barrier(16)
+
+        def burst() -> None:
+            barrier.wait()
+            try:
+                for _ in range(40):
+                    spool.enqueue("in", mail_from="a@x.test", rcpt_to=["b@example.test"],
+                                  message=b"hi\r\n")
+            except BaseException as e:  # noqa: BLE001 - collected for the assertion
+                errors.append(e)
+
+        threads = [threading.Thread(target=burst) for _ in range(16)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        assert errors == []
+        assert spool.depth("in") == 640
