@@ -804,7 +804,7 @@ def test_concurrent_first_enqueues_into_missing_shards(tmp_path: Path) -> None:
             shutil.rmtree(spool.shard_dir("in", shard), ignore_errors=True)
         barrier = threading.Barrier(16)
 
-        def burst() -> None:
+        def burst(barrier: threading.Barrier = barrier) -> None:
             barrier.wait()
             try:
                 for _ in range(40):
