@@ -88,6 +88,13 @@ def test_sigkill_chaos_every_message_exactly_once(tmp_path: Path) -> None:
     assert kills >= 5 and added
     assert spool.depth("in") == 0 and spool.depth("in", Place.CLAIMED) == 0
     assert spool.depth("in", Place.FAILED) == 0
+    assert spool.live_workers() == []
+    # Killed workers leave heartbeats until a live worker reclaims them after
+    # their lease; do what the next worker to start would do, then check.
+    time.sleep(2.0 + 0.2 + 0.1)  # lease + skew of this test's config: a wait the protocol needs
+    with spool.register_worker() as w:
+        w.reclaim_dead()
+        assert [x.id for x in spool.list_workers()] == [w.id]
     assert spool.list_workers() == []
     for u in USERS:
         got = delivery_ids(reg, u)
