@@ -115,6 +115,7 @@ MAX_UID = 0xFFFF_FFFF
 _SEG = struct.Struct("<8sHHIIIQIIQQI")
 _SEG_CRC = struct.Struct("<I")
 _REC = struct.Struct("<4sBBHIIQQI")  # header bytes 0..35, crc follows
+_REC_CRC = struct.Struct("<4sBBHIIQQII")  # the same with the crc: one unpack per record
 _CRC = struct.Struct("<I")
 _TRAILER = struct.Struct("<I4s")
 _APPEND = struct.Struct("<qhHHH")
@@ -350,23 +351,40 @@ def decode_record(buf: bytes | memoryview, pos: int = 0, *, path: object = None,
     Raises Incomplete when the buffer ends inside the record, and
     CorruptionError when the bytes are there but wrong.  The caller decides
     whether an incomplete or corrupt record at the end of a segment is a
-    torn tail (see ams.store.log).
+    torn tail (see ams.store.log).  This is the readers' hot path: one
+    unpack for the header, a table lookup for the type.
     """
-    header, crc = decode_header(buf, pos, path=path, base_offset=base_offset)
-    end = pos + header.size
-    if end > len(buf):
+    if len(buf) - pos < RECORD_HEADER_SIZE:
+        raise Incomplete
+    magic, rtype, version, _r, length, uid, modseq, time_us, uidnext, crc = \
+        _REC_CRC.unpack_from(buf, pos)
+    if magic != RECORD_MAGIC:
+        raise CorruptionError("bad record magic", path=path, offset=base_offset + pos)
+    if version > RECORD_VERSION:
+        raise FormatVersionError(f"{path}: record version {version} is newer than this AMS reads")
+    rt = _TYPE_OF[rtype] if rtype < len(_TYPE_OF) else None
+    if rt is None:
+        raise CorruptionError(f"unknown record type {rtype}", path=path,
+                              offset=base_offset + pos)
+    pstart = pos + RECORD_HEADER_SIZE
+    pend = pstart + length
+    if pend + RECORD_TRAILER_SIZE > len(buf):
         raise Incomplete
     where = base_offset + pos
-    pstart = pos + RECORD_HEADER_SIZE
-    payload = buf[pstart:pstart + header.length]
-    total, emagic = _TRAILER.unpack_from(buf, pstart + header.length)
-    if emagic != RECORD_END_MAGIC or total != header.size:
+    total, emagic = _TRAILER.unpack_from(buf, pend)
+    if emagic != RECORD_END_MAGIC or total != length + RECORD_OVERHEAD:
         raise CorruptionError("bad record trailer", path=path, offset=where)
+    payload = buf[pstart:pend]
     if zlib.crc32(payload, zlib.crc32(buf[pos:pos + _REC.size])) != crc:
         raise CorruptionError("record checksum mismatch", path=path, offset=where)
+    header = RecordHeader(rt, length, uid, modseq, time_us, uidnext)
     body = decode_body(header, payload, path=path, offset=where)
-    kept = bytes(payload) if keep_payload and header.type == RecordType.APPEND else b""
+    kept = bytes(payload) if keep_payload and rt is RecordType.APPEND else b""
     return Record(header, body, where, kept)
+
+
+#: Record type by its byte (index 0 is no type).
+_TYPE_OF: tuple[RecordType | None, ...] = (None, *RecordType)
 
 
 def decode_body(header: RecordHeader, payload: bytes | memoryview, *, path: object = None,
@@ -386,8 +404,8 @@ def _decode_body(header: RecordHeader, p: bytes | memoryview) -> Body:
         dend = fend + dlen
         if dend > len(p):
             raise ValueError("lengths exceed payload")
-        flags = _split_flags(bytes(p[APPEND_FIXED_SIZE:fend]))
-        did = bytes(p[fend:dend]).decode("utf-8")
+        flags = _split_flags(bytes(p[APPEND_FIXED_SIZE:fend])) if flen else ()
+        did = bytes(p[fend:dend]).decode("utf-8") if dlen else ""
         if not 1 <= header.uid <= MAX_UID:
             raise ValueError("APPEND without a UID")
         return Append(date, tz, flags, did, dend, len(p) - dend)
@@ -408,8 +426,17 @@ def _decode_body(header: RecordHeader, p: bytes | memoryview) -> Body:
     return Sealed(_U32.unpack_from(p)[0])
 
 
+_FLAG_CACHE: dict[bytes, tuple[str, ...]] = {}
+
+
 def _split_flags(b: bytes) -> tuple[str, ...]:
-    return tuple(b.decode("utf-8").split()) if b else ()
+    """Flag lists repeat endlessly in a log: decode each distinct one once."""
+    got = _FLAG_CACHE.get(b)
+    if got is None:
+        got = tuple(b.decode("utf-8").split()) if b else ()
+        if len(_FLAG_CACHE) < 4096:
+            _FLAG_CACHE[b] = got
+    return got
 
 
 def _decode_ranges(p: bytes | memoryview, pos: int, n: int) -> tuple[Range, ...]:

@@ -892,7 +892,7 @@ class LogReader:
             offset = SEGMENT_HEADER_SIZE
         while offset < size:
             want = min(size - offset, max(READ_CHUNK, 0))
-            data = _fs.pread_exact(fd, want, offset)
+            data = memoryview(_fs.pread_exact(fd, want, offset))  # slices without copies
             p = 0
             while p < len(data):
                 try:
@@ -913,7 +913,7 @@ class LogReader:
                         if offset + hdr.size > size:
                             batch.position = Position(pos.generation, pos.seq, offset)
                             return None
-                        data = _fs.pread_exact(fd, hdr.size, offset)
+                        data = memoryview(_fs.pread_exact(fd, hdr.size, offset))
                         continue
                     break
                 except CorruptionError as e:
