@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import settings
 
 from ams.config import Config, config_from_dict
 from ams.store import Store
 
 MakeConfig = Callable[..., Config]
+
+# No per-example deadline: this suite runs on 2 shared cores, where timing is
+# noise, not a property.  In CI the examples are also derandomised, so a run
+# is reproducible; locally they stay random and keep exploring.
+settings.register_profile("local", deadline=None)
+settings.register_profile("ci", deadline=None, derandomize=True, print_blob=True)
+settings.load_profile("ci" if os.environ.get("CI") else "local")
 
 
 @pytest.fixture

@@ -1223,8 +1223,11 @@ ITEMS: st.SearchStrategy[Any] = st.recursive(
     st.one_of(st.none(), st.integers(0, 2**63 - 1), st.binary(max_size=40).filter(
         lambda b: b"\0" not in b), st.text(max_size=20).filter(lambda s: "\0" not in s),
         st.builds(Atom, st.from_regex(r"\\?[A-Za-z$][A-Za-z0-9.\-]{0,8}", fullmatch=True)),
-        st.builds(Mailbox, st.text(max_size=10)), st.builds(LiteralData, st.binary(max_size=9),
-                                                            st.booleans())),
+        st.builds(Mailbox, st.text(max_size=10)),
+        # NUL is allowed only in a literal8 (binary=True): the constructor refuses it otherwise.
+        st.builds(LiteralData, st.binary(max_size=9), st.just(True)),
+        st.builds(LiteralData, st.binary(max_size=9).filter(lambda b: b"\0" not in b),
+                  st.just(False))),
     lambda children: st.lists(children, max_size=4).map(tuple), max_leaves=12)
 
 
