@@ -28,6 +28,7 @@ calls each in a worker thread, one per command.
 
 from __future__ import annotations
 
+import bisect
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -178,6 +179,19 @@ class Selected:
     def exists(self) -> int:
         return len(self.uids)
 
+    def seq_of(self, uid: int) -> int | None:
+        """The sequence number of ``uid`` in this session's view (UIDs ascend)."""
+        i = bisect.bisect_left(self.uids, uid)
+        return i + 1 if i < len(self.uids) and self.uids[i] == uid else None
+
+    def first_unseen(self) -> int | None:
+        """Sequence number of the first message without \\Seen (for SELECT)."""
+        with self.index.view(self.log_id) as view:
+            for uid, fl in view.flags():
+                if "\\Seen" not in fl:
+                    return self.seq_of(uid)
+        return None
+
     # -- keeping up --------------------------------------------------------------------
 
     def refresh(self, *, allow_expunge: bool = True) -> Changes:
@@ -217,28 +231,27 @@ class Selected:
         return ch
 
     def _flags_only(self, view, changed, known, ch: Changes) -> Changes:  # type: ignore[no-untyped-def]
-        seq_of = {u: i + 1 for i, u in enumerate(self.uids)}
         for uid, _modseq in changed:
             if uid in known:
                 m = view.get(uid)
-                if m is not None:
-                    ch.flags.append((seq_of[uid], m))
+                seq = self.seq_of(uid)
+                if m is not None and seq is not None:
+                    ch.flags.append((seq, m))
         return ch
 
     # -- reading ---------------------------------------------------------------------
 
     def messages(self, uids: Iterable[int]) -> list[tuple[int, IndexedMessage]]:
         """(seq, message) for ``uids`` that are in the session's view, in UID order."""
-        seq_of = {u: i + 1 for i, u in enumerate(self.uids)}
-        want = sorted(u for u in set(uids) if u in seq_of)
+        want = sorted((seq, u) for u in set(uids) if (seq := self.seq_of(u)) is not None)
         if not want:
             return []
         out = []
         with self.index.view(self.log_id) as view:
-            for u in want:
+            for seq, u in want:
                 m = view.get(u)
                 if m is not None:
-                    out.append((seq_of[u], m))
+                    out.append((seq, m))
         return out
 
     def read(self, m: IndexedMessage) -> bytes:

@@ -85,7 +85,7 @@ def fetch_items(sel: Selected, uids: list[int], ev: P.Fetch, cache: FetchCache,
         for a in attrs:
             items.append((a, _item(a, sel, m, raw, flags, cache)))
         if marks and not any(a.name == "FLAGS" for a in attrs):
-            items.append(("FLAGS", R._flag_atoms(flags)))
+            items.append(("FLAGS", R.flag_atoms(flags)))
         out.append((seq, items))
     return out, seen
 
@@ -94,7 +94,7 @@ def _item(a: P.FetchAttribute, sel: Selected, m: IndexedMessage, raw: bytes,
           flags: list[str], cache: FetchCache) -> Any:
     name = a.name
     if name == "FLAGS":
-        return R._flag_atoms(flags)
+        return R.flag_atoms(flags)
     if name == "UID":
         return m.uid
     if name == "INTERNALDATE":
@@ -121,7 +121,7 @@ def _item(a: P.FetchAttribute, sel: Selected, m: IndexedMessage, raw: bytes,
     return None
 
 
-def _info(sel: Selected, seq: int, m: IndexedMessage, cache: FetchCache) -> M.MessageInfo:
+def _info(sel: Selected, seq: int, m: IndexedMessage) -> M.MessageInfo:
     return M.MessageInfo(uid=m.uid, seq=seq, flags=m.flags, internal_date=internal_date(m),
                          size=m.size, modseq=m.modseq,
                          message=lambda: sel.read(m))
@@ -134,7 +134,7 @@ def search_matches(sel: Selected, criteria: P.SearchKey, cache: FetchCache,
     largest_uid = sel.uids[-1] if sel.uids else 0
     out = []
     for seq, m in sel.messages(sel.uids):
-        if M.matches(key, _info(sel, seq, m, cache), largest_seq=sel.exists,
+        if M.matches(key, _info(sel, seq, m), largest_seq=sel.exists,
                      largest_uid=largest_uid):
             out.append((seq, m.uid))
     return out

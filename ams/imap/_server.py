@@ -20,8 +20,10 @@ worker thread: they do filesystem and LMDB work) and into responses.
 
 from __future__ import annotations
 
+import bisect
 import functools
 import logging
+import re
 import ssl
 import time
 from collections.abc import Callable
@@ -345,7 +347,7 @@ class Session:
         self.selected = None
         sel = await self.thread(self._account().select, ev.mailbox, readonly=ev.read_only)
         self.selected = sel
-        flags = await self.thread(_unseen_first, sel)
+        flags = await self.thread(sel.first_unseen)
         self.conn.send(R.flags(SYSTEM_FLAGS))
         self.conn.send(R.exists(sel.exists))
         self.conn.send(R.recent(0))
@@ -385,7 +387,7 @@ class Session:
         if ch.exists is not None:
             self.conn.send(R.exists(ch.exists))
         for seq, m in ch.flags:
-            self.conn.send(R.fetch(seq, [("FLAGS", R._flag_atoms(sorted(m.flags))),
+            self.conn.send(R.fetch(seq, [("FLAGS", R.flag_atoms(sorted(m.flags))),
                                          ("UID", m.uid)]))
         if ch.uidvalidity_changed:
             self.conn.bye("Mailbox was recreated; please reselect")
@@ -395,10 +397,7 @@ class Session:
     def _uids(self, seqset: SequenceSet, uid: bool) -> list[int]:
         sel = self._selected()
         if uid:
-            largest = sel.uids[-1] if sel.uids else 0
-            have = set(sel.uids)
-            return [u for r in seqset.resolve(largest) for u in r if u in have] \
-                if len(sel.uids) < 4096 else _uids_in(sel.uids, seqset.resolve(largest))
+            return _uids_in(sel.uids, seqset.resolve(sel.uids[-1] if sel.uids else 0))
         return sel.uid_range(seqset.numbers(sel.exists, clip=True))
 
     async def do_fetch(self, ev: Fetch) -> None:
@@ -406,11 +405,19 @@ class Session:
         await self.report_changes(allow_expunge=ev.uid)
         uids = self._uids(ev.sequence_set, ev.uid)
         responses, seen = await self.thread(fetch_items, sel, uids, ev, self.bridge.cache)
+        others: list[tuple[int, Any]] = []
         if seen and not sel.readonly:
             await self.thread(sel.store, seen, FlagOp.ADD, ["\\Seen"])
-            await self.thread(sel.refresh, allow_expunge=False)
+            ch: Changes = await self.thread(sel.refresh, allow_expunge=False)
+            # Our \Seen is in the FETCH responses; other clients' changes
+            # that this refresh found are still news.
+            mine = set(seen)
+            others = [(seq, m) for seq, m in ch.flags if m.uid not in mine]
         for seq, items in responses:
             self.conn.send(R.fetch(seq, items))
+        for seq, m in others:
+            self.conn.send(R.fetch(seq, [("FLAGS", R.flag_atoms(sorted(m.flags))),
+                                         ("UID", m.uid)]))
         self.conn.complete(ev.tag, "OK", "FETCH completed")
 
     async def do_store(self, ev: Store) -> None:
@@ -432,7 +439,7 @@ class Session:
                 if seq not in shown:
                     ch.flags.append((seq, m))
         for seq, m in sorted(ch.flags, key=lambda x: x[0]):
-            items: list[tuple[str, Any]] = [("FLAGS", R._flag_atoms(sorted(m.flags)))]
+            items: list[tuple[str, Any]] = [("FLAGS", R.flag_atoms(sorted(m.flags)))]
             if ev.uid or ev.unchanged_since is not None:
                 items.append(("UID", m.uid))
             if ev.unchanged_since is not None:
@@ -505,15 +512,8 @@ class Session:
                 self.conn.receive_data(bytes(data))
 
 
-def _unseen_first(sel: Selected) -> int | None:
-    for seq, m in sel.messages(sel.uids):
-        if "\\Seen" not in m.flags:
-            return seq
-    return None
-
-
 def _uids_in(uids: list[int], spans: tuple[range, ...]) -> list[int]:
-    import bisect
+    """The members of the sorted ``uids`` that fall in ``spans``."""
     out: list[int] = []
     for r in spans:
         lo = bisect.bisect_left(uids, r.start)
@@ -539,7 +539,6 @@ def _internal_date(value: datetime | None) -> tuple[int | None, int]:
 
 def _match(pattern: str, name: str) -> bool:
     """LIST wildcards: ``*`` matches anything, ``%`` anything but the delimiter."""
-    import re
     rx = "".join(".*" if c == "*" else "[^/]*" if c == "%" else re.escape(c) for c in pattern)
     if re.fullmatch(rx, name, flags=re.DOTALL):
         return True

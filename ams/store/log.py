@@ -512,8 +512,8 @@ class MailboxLog:
         if (k is None or k.generation != tail.header.generation or k.floor_us > floor
                 or (k.seq, k.offset) > (tail.header.seq, tail.size)):
             k = self._known = self._scan_window(tail, floor)
-        elif (k.seq, k.offset) != (tail.header.seq, tail.size):
-            self._catch_up(k, tail)
+        elif (k.seq, k.offset) != (tail.header.seq, tail.size) and not self._catch_up(k, tail):
+            k = self._known = self._scan_window(tail, floor)
         return {d: k.ids[d] for d in wanted if d in k.ids}
 
     def _scan_window(self, tail: _Tail, floor: int) -> _KnownIds:
@@ -525,22 +525,24 @@ class MailboxLog:
                 ids.setdefault(did, (rec_header.uid, rec_header.modseq))
         return _KnownIds(tail.header.generation, tail.header.seq, tail.size, floor, ids)
 
-    def _catch_up(self, k: _KnownIds, tail: _Tail) -> None:
-        """Read the records other writers appended after ``k``'s position."""
+    def _catch_up(self, k: _KnownIds, tail: _Tail) -> bool:
+        """Read the records other writers appended after ``k``'s position.
+
+        False when that cannot be done (the log was compacted meanwhile, or
+        reading stopped short): the caller must scan the window afresh.
+        """
         reader = LogReader(self.path, Position(k.generation, k.seq, k.offset))
         while True:
             batch = reader.poll(limit=4096)
             if batch.reset or batch.stopped_at is not None:
-                self._known = None
-                k.ids.clear()
-                k.floor_us = 1 << 62  # unusable: the next call scans again
-                return
+                return False
             for rec in batch.records:
                 if isinstance(rec.body, Append) and rec.body.delivery_id:
                     k.ids.setdefault(rec.body.delivery_id, (rec.uid, rec.modseq))
             if not batch.records:
                 break
         k.seq, k.offset = batch.position.seq, batch.position.offset
+        return True
 
     def _remember(self, tail: _Tail, filed: list[tuple[str, int, int]]) -> None:
         """Our own appends extend the known window, which stays current."""

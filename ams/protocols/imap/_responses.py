@@ -347,7 +347,7 @@ class Text:
 
 # --- builders: response codes ---------------------------------------------------------
 
-def _flag_atoms(flags: Iterable[str]) -> tuple[Atom, ...]:
+def flag_atoms(flags: Iterable[str]) -> tuple[Atom, ...]:
     return tuple(Atom(f) for f in flags)
 
 
@@ -401,7 +401,7 @@ def highest_modseq(modseq: int) -> ResponseCode:
 
 def permanent_flags(flags: Iterable[str]) -> ResponseCode:
     """``[PERMANENTFLAGS (\\Seen \\*)]``; include ``"\\\\*"`` to allow new keywords."""
-    return ResponseCode("PERMANENTFLAGS", (_flag_atoms(flags),))
+    return ResponseCode("PERMANENTFLAGS", (flag_atoms(flags),))
 
 
 def badcharset(charsets: Iterable[str] = ("US-ASCII", "UTF-8")) -> ResponseCode:
@@ -409,7 +409,7 @@ def badcharset(charsets: Iterable[str] = ("US-ASCII", "UTF-8")) -> ResponseCode:
 
 
 def capability_code(capabilities: Iterable[str]) -> ResponseCode:
-    return ResponseCode("CAPABILITY", _flag_atoms(capabilities))
+    return ResponseCode("CAPABILITY", flag_atoms(capabilities))
 
 
 def append_uid(uidvalidity: int, uids: SequenceSet | Iterable[int] | int) -> ResponseCode:
@@ -431,11 +431,11 @@ def modified(numbers: SequenceSet | Iterable[int]) -> ResponseCode:
 # --- builders: server data ------------------------------------------------------------
 
 def capability(capabilities: Iterable[str]) -> Untagged:
-    return Untagged("CAPABILITY", _flag_atoms(capabilities))
+    return Untagged("CAPABILITY", flag_atoms(capabilities))
 
 
 def enabled(capabilities: Iterable[str]) -> Untagged:
-    return Untagged("ENABLED", _flag_atoms(capabilities))
+    return Untagged("ENABLED", flag_atoms(capabilities))
 
 
 def exists(count: int) -> Untagged:
@@ -451,7 +451,7 @@ def expunge(seq: int) -> Untagged:
 
 
 def flags(flag_names: Iterable[str]) -> Untagged:
-    return Untagged("FLAGS", (_flag_atoms(flag_names),))
+    return Untagged("FLAGS", (flag_atoms(flag_names),))
 
 
 def vanished(uids: SequenceSet | Iterable[int], *, earlier: bool = False) -> Untagged:
@@ -514,7 +514,7 @@ def list_response(attributes: Iterable[str], delimiter: str | None, mailbox: str
         raise ValueError("kind is LIST or LSUB")
     if delimiter is not None and (len(delimiter) != 1 or not delimiter.isascii()):
         raise ValueError("the hierarchy delimiter is one ASCII character or None")
-    return Untagged(kind, (_flag_atoms(attributes), delimiter, Mailbox(mailbox)))
+    return Untagged(kind, (flag_atoms(attributes), delimiter, Mailbox(mailbox)))
 
 
 def mailbox_status(mailbox: str, items: Mapping[str, int]) -> Untagged:
