@@ -44,3 +44,51 @@ def bridge_process(config: Config, path: Path) -> Iterator[int]:
         finally:
             proc.terminate()
             proc.wait(timeout=30)
+
+
+class RawIMAP:
+    """A minimal blocking IMAP client over a socket: one command at a time,
+    every response line kept verbatim (literals inline), for tests that
+    check the exact wire form of responses imaplib does not parse."""
+
+    def __init__(self, port: int, *, timeout: float = 20.0) -> None:
+        import socket
+
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.file = self.sock.makefile("rb")
+        self.greeting = self.file.readline()
+        self._tag = 0
+
+    def line(self) -> bytes:
+        """One response line, with any literals it announces appended."""
+        out = self.file.readline()
+        if not out:
+            raise ConnectionError("server closed the connection")
+        while (m := re.search(rb"\{(\d+)\}\r\n$", out)) is not None:
+            out += self.file.read(int(m.group(1)))
+            out += self.file.readline()
+        return out
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def command(self, text: str) -> tuple[list[bytes], bytes]:
+        """Send ``tag text``; return (untagged lines, tagged line)."""
+        self._tag += 1
+        tag = b"r%d" % self._tag
+        self.sock.sendall(tag + b" " + text.encode() + b"\r\n")
+        untagged = []
+        while True:
+            ln = self.line()
+            if ln.startswith(tag + b" "):
+                return untagged, ln
+            untagged.append(ln)
+
+    def ok(self, text: str) -> list[bytes]:
+        untagged, done = self.command(text)
+        assert b" OK " in done, (text, done, untagged)
+        return untagged
+
+    def close(self) -> None:
+        self.file.close()
+        self.sock.close()

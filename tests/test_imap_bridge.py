@@ -349,7 +349,7 @@ async def test_capabilities_are_only_what_works(make_config: MakeConfig) -> None
 
     async with running_imap(cfg) as port:
         caps = await in_thread(client, port)
-    assert b"QRESYNC" not in caps  # not served yet: not advertised
+    assert b"QRESYNC" in caps
     assert b"CONDSTORE" in caps and b"IDLE" in caps
 
 

@@ -254,6 +254,12 @@ class Selected:
                     out.append((seq, m))
         return out
 
+    def changed_since(self, modseq: int) -> list[tuple[int, IndexedMessage]]:
+        """(seq, message) in the session's view whose MODSEQ is above ``modseq``."""
+        with self.index.view(self.log_id) as view:
+            uids = [u for u, _ in view.changed_since(modseq)]
+        return self.messages(uids)
+
     def read(self, m: IndexedMessage) -> bytes:
         return self.log.read_message(m.location)
 

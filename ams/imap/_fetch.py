@@ -18,6 +18,7 @@ from typing import Any
 from ams import message as M
 from ams.imap._backend import Selected
 from ams.index import IndexedMessage
+from ams.index._codec import FLAGS_AT, MODSEQ_AT, MODSEQ_END
 from ams.protocols import imap as P
 from ams.protocols.imap import Concat, LiteralData
 from ams.protocols.imap import responses as R
@@ -61,33 +62,120 @@ def internal_date(m: IndexedMessage) -> datetime:
     return datetime.fromtimestamp(m.internal_date, tz=timezone(timedelta(minutes=m.tz_minutes)))
 
 
-def fetch_items(sel: Selected, uids: list[int], ev: P.Fetch, cache: FetchCache,
-                ) -> tuple[list[tuple[int, list[tuple[Any, Any]]]], list[int]]:
-    """The FETCH responses for ``uids``; and the UIDs to mark \\Seen."""
-    attrs = ev.attributes
-    needs_message = any(a.name not in ("FLAGS", "UID", "INTERNALDATE", "RFC822.SIZE", "MODSEQ")
-                        for a in attrs)
-    sets_seen = any(a.sets_seen for a in attrs)
-    out: list[tuple[int, list[tuple[Any, Any]]]] = []
-    seen: list[int] = []
-    wanted = uids
-    if ev.changed_since is not None:
-        with sel.index.view(sel.log_id) as view:
-            changed = {u for u, _ in view.changed_since(ev.changed_since)}
-        wanted = [u for u in uids if u in changed]
-    for seq, m in sel.messages(wanted):
-        raw = sel.read(m) if needs_message else b""
-        marks = sets_seen and "\\Seen" not in m.flags and not sel.readonly
-        flags = sorted(m.flags | {"\\Seen"}) if marks else sorted(m.flags)
-        if marks:
-            seen.append(m.uid)
-        items: list[tuple[Any, Any]] = []
-        for a in attrs:
-            items.append((a, _item(a, sel, m, raw, flags, cache)))
-        if marks and not any(a.name == "FLAGS" for a in attrs):
-            items.append(("FLAGS", R.flag_atoms(flags)))
-        out.append((seq, items))
-    return out, seen
+#: Items answered from the index entry alone.
+INDEX_ITEMS = frozenset({"FLAGS", "UID", "INTERNALDATE", "RFC822.SIZE", "MODSEQ"})
+#: Items kept, encoded, in the index's ``cache`` database (no section).
+CACHED_KINDS = {"ENVELOPE": b"E", "BODYSTRUCTURE": b"S", "BODY": b"B"}
+CACHE_VERSION = b"\x01"
+
+
+class FetchPlan:
+    """What one FETCH command asks for, worked out once for all its messages."""
+
+    def __init__(self, ev: P.Fetch, *, readonly: bool, utf8: bool, condstore: bool) -> None:
+        self.attrs = list(ev.attributes)
+        self.names = [R.fetch_name(a) + b" " for a in self.attrs]
+        self.sets_seen = not readonly and any(a.sets_seen for a in self.attrs)
+        self.changed_since = ev.changed_since
+        self.utf8 = utf8
+        self.kinds: list[bytes | None] = [
+            CACHED_KINDS.get(a.name) if a.section is None and not utf8 else None
+            for a in self.attrs]
+        names = {a.name for a in self.attrs}
+        #: Answer FLAGS (and MODSEQ under CONDSTORE) even if not asked:
+        #: when \Seen is set implicitly, and MODSEQ with every FLAGS once
+        #: CONDSTORE is in force (RFC 7162 §3.1.4).
+        self.add_flags = self.sets_seen and "FLAGS" not in names
+        self.add_modseq = condstore and "MODSEQ" not in names and (
+            "FLAGS" in names or self.add_flags)
+
+
+class FetchResult:
+    __slots__ = ("data", "seen", "count")
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.seen: list[int] = []
+        self.count = 0
+
+
+def fetch_chunk(sel: Selected, pairs: list[tuple[int, int]], plan: FetchPlan,
+                cache: FetchCache) -> FetchResult:
+    """Encoded FETCH responses for ``(seq, uid)`` pairs; the UIDs to mark \\Seen.
+
+    The hot loop of FETCH: each message costs one LMDB read, plus one more
+    per cached item (ENVELOPE, BODYSTRUCTURE); the message itself is read
+    from its log segment only for sections or a cache miss, and what a miss
+    computes is cached for the next FETCH.
+    """
+    out = FetchResult()
+    data = out.data
+    flag_bytes: dict[bytes, tuple[frozenset[str], bytes, bytes]] = {}
+    puts: list[tuple[int, bytes, bytes]] = []
+    items = list(zip(plan.attrs, plan.names, plan.kinds, strict=True))
+    since = plan.changed_since
+    with sel.index.view(sel.log_id) as view:
+        for seq, uid in pairs:
+            v = view.raw(uid)
+            if v is None:
+                continue  # expunged, not yet reported to this session
+            if since is not None and _modseq_of(v) <= since:
+                continue
+            mb = bytes(v[FLAGS_AT:])
+            fl = flag_bytes.get(mb)
+            if fl is None:
+                fs = view.flagset(mb)
+                fl = flag_bytes[mb] = (fs, R.flag_list(fs), R.flag_list(fs | {"\\Seen"}))
+            marks = plan.sets_seen and "\\Seen" not in fl[0]
+            if marks:
+                out.seen.append(uid)
+            flags = fl[2] if marks else fl[1]
+            m: IndexedMessage | None = None
+            raw: bytes | None = None
+            pieces = []
+            for a, name, kind in items:
+                an = a.name
+                if an == "FLAGS":
+                    pieces.append(b"FLAGS " + flags)
+                elif an == "UID":
+                    pieces.append(b"UID %d" % uid)
+                elif an == "RFC822.SIZE":
+                    pieces.append(b"RFC822.SIZE %d" % _size_of(v))
+                elif an == "MODSEQ":
+                    pieces.append(b"MODSEQ (%d)" % _modseq_of(v))
+                else:
+                    if kind is not None:
+                        got = view.cached(uid, kind)
+                        if got is not None and got[:1] == CACHE_VERSION:
+                            pieces.append(name + got[1:])
+                            continue
+                    if m is None:
+                        m = view.message(uid, v)
+                    if raw is None and an not in INDEX_ITEMS:
+                        raw = sel.read(m)
+                    value = R.encode_value(_item(a, sel, m, raw or b"", [], cache),
+                                           utf8=plan.utf8)
+                    if kind is not None:
+                        puts.append((uid, kind, CACHE_VERSION + value))
+                    pieces.append(name + value)
+            if plan.add_flags:
+                pieces.append(b"FLAGS " + flags)
+            if plan.add_modseq:
+                pieces.append(b"MODSEQ (%d)" % _modseq_of(v))
+            data += R.encoded_fetch(seq, pieces)
+            out.count += 1
+        mbx = view.mbx
+    if puts:
+        sel.index.put_cached(mbx, puts)
+    return out
+
+
+def _modseq_of(v: bytes) -> int:
+    return int.from_bytes(v[MODSEQ_AT:MODSEQ_END], "little")
+
+
+def _size_of(v: bytes) -> int:
+    return int.from_bytes(v[16:20], "little")
 
 
 def _item(a: P.FetchAttribute, sel: Selected, m: IndexedMessage, raw: bytes,
@@ -177,4 +265,5 @@ def convert_key(k: P.SearchKey) -> M.SearchKey:
     raise ValueError(f"unknown search key {k!r}")
 
 
-__all__ = ["FetchCache", "convert_key", "fetch_items", "imap_value", "search_matches"]
+__all__ = ["FetchCache", "FetchPlan", "FetchResult", "convert_key", "fetch_chunk", "imap_value",
+           "search_matches"]

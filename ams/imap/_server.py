@@ -21,6 +21,7 @@ worker thread: they do filesystem and LMDB work) and into responses.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import functools
 import logging
 import re
@@ -35,7 +36,8 @@ import trio
 from ams.config import Config
 from ams.errors import AlreadyExists, AMSError, NotFound, UsageError
 from ams.imap._backend import SYSTEM_FLAGS, Account, Changes, Selected
-from ams.imap._fetch import FetchCache, fetch_items, search_matches
+from ams.imap._fetch import FetchCache, FetchPlan, FetchResult, fetch_chunk, search_matches
+from ams.imap._watch import Watched, Watcher
 from ams.index import Index
 from ams.protocols.imap import (
     DEFAULT_EXTENSIONS,
@@ -61,6 +63,7 @@ from ams.protocols.imap import (
     Move,
     Namespace,
     Noop,
+    QResync,
     RemoteProtocolError,
     Rename,
     Search,
@@ -81,12 +84,13 @@ log = logging.getLogger(__name__)
 
 RECV_SIZE = 65536
 IDLE_POLL = 0.2
+#: Messages per worker-thread hop in FETCH; responses leave between hops.
+FETCH_CHUNK = 2000
 MAX_DELAY = 8.0
 FAILURE_MEMORY = 600.0
 PERMANENT_FLAGS = (*SYSTEM_FLAGS, "\\*")
-#: What the bridge advertises: only what it really implements.  QRESYNC
-#: (VANISHED, SELECT with known UIDs) is parsed by the core but not yet served.
-EXTENSIONS = tuple(e for e in DEFAULT_EXTENSIONS if e != "QRESYNC")
+#: What the bridge advertises: only what it really implements.
+EXTENSIONS = DEFAULT_EXTENSIONS
 _OPS = {"replace": FlagOp.REPLACE, "add": FlagOp.ADD, "remove": FlagOp.REMOVE}
 
 
@@ -123,6 +127,7 @@ class Bridge:
         self.ssl_context = ssl_context
         self.throttle = Throttle()
         self.cache = FetchCache()
+        self.watcher = Watcher(self.index, IDLE_POLL)
 
     def close(self) -> None:
         self.index.close()
@@ -358,8 +363,31 @@ class Session:
         self.conn.send(_ok(R.uidvalidity(sel.uidvalidity), "UIDs valid"))
         self.conn.send(_ok(R.uidnext(sel.uidnext), "Predicted next UID"))
         self.conn.send(_ok(R.highest_modseq(sel.highest_modseq), "Highest"))
+        if ev.qresync is not None and ev.qresync.uidvalidity == sel.uidvalidity:
+            await self.resync(sel, ev.qresync)
         self.conn.complete(ev.tag, "OK", "SELECT completed",
                            code="READ-ONLY" if sel.readonly else "READ-WRITE")
+
+    async def resync(self, sel: Selected, q: QResync) -> None:
+        """SELECT's QRESYNC parameter (RFC 7162 §3.2.5): what vanished and what
+        changed since the client's MODSEQ, within its known UIDs.
+
+        VANISHED (EARLIER) lists every UID of the known set below UIDNEXT
+        that no longer exists: a superset of those expunged after ``modseq``
+        (the index keeps no expunge history), which a client ignores for
+        UIDs it has already dropped.
+        """
+        top = sel.uidnext - 1
+        spans = q.known_uids.resolve(top, clip=True) if q.known_uids else (range(1, top + 1),)
+        gone = _gaps(sel.uids, spans)
+        if gone is not None:
+            self.conn.send(R.vanished(gone, earlier=True))
+        changed = await self.thread(sel.changed_since, q.modseq)
+        wanted = [(seq, m) for seq, m in changed
+                  if any(m.uid in r for r in spans)]
+        for seq, m in wanted:
+            self.conn.send(R.fetch(seq, [("UID", m.uid), ("FLAGS", R.flag_atoms(sorted(m.flags))),
+                                         ("MODSEQ", (m.modseq,))]))
 
     do_examine = do_select
 
@@ -382,17 +410,43 @@ class Session:
         if self.selected is None:
             return
         ch: Changes = await self.thread(self.selected.refresh, allow_expunge=allow_expunge)
-        for seq in ch.expunged:
-            self.conn.send(R.expunge(seq))
+        if ch.expunged:
+            if "QRESYNC" in self.conn.enabled:
+                self.conn.send(R.vanished(ch.expunged_uids))
+            else:
+                for seq in ch.expunged:
+                    self.conn.send(R.expunge(seq))
         if ch.exists is not None:
             self.conn.send(R.exists(ch.exists))
-        for seq, m in ch.flags:
-            self.conn.send(R.fetch(seq, [("FLAGS", R.flag_atoms(sorted(m.flags))),
-                                         ("UID", m.uid)]))
+        self.send_flag_changes(ch.flags)
         if ch.uidvalidity_changed:
             self.conn.bye("Mailbox was recreated; please reselect")
 
+    def send_flag_changes(self, changed: list[tuple[int, Any]], *, uid: bool = True) -> None:
+        """Untagged FETCH (FLAGS UID [MODSEQ]) for messages whose flags changed."""
+        condstore = "CONDSTORE" in self.conn.enabled
+        for seq, m in changed:
+            items: list[tuple[str, Any]] = [("FLAGS", R.flag_atoms(sorted(m.flags)))]
+            if uid:
+                items.append(("UID", m.uid))
+            if condstore:
+                items.append(("MODSEQ", (m.modseq,)))
+            self.conn.send(R.fetch(seq, items))
+
     # -- selected state ---------------------------------------------------------------------------
+
+    def _pairs(self, seqset: SequenceSet, uid: bool) -> list[tuple[int, int]]:
+        """(seq, UID) of the messages a sequence set names, in order."""
+        sel = self._selected()
+        uids = sel.uids
+        if uid:
+            out: list[tuple[int, int]] = []
+            for r in seqset.resolve(uids[-1] if uids else 0):
+                lo = bisect.bisect_left(uids, r.start)
+                hi = bisect.bisect_left(uids, r.stop)
+                out.extend(zip(range(lo + 1, hi + 1), uids[lo:hi], strict=True))
+            return out  # resolve() gives sorted, merged ranges: no repeats
+        return [(n, uids[n - 1]) for n in seqset.numbers(sel.exists, clip=True)]
 
     def _uids(self, seqset: SequenceSet, uid: bool) -> list[int]:
         sel = self._selected()
@@ -403,21 +457,29 @@ class Session:
     async def do_fetch(self, ev: Fetch) -> None:
         sel = self._selected()
         await self.report_changes(allow_expunge=ev.uid)
-        uids = self._uids(ev.sequence_set, ev.uid)
-        responses, seen = await self.thread(fetch_items, sel, uids, ev, self.bridge.cache)
+        pairs = self._pairs(ev.sequence_set, ev.uid)
+        if ev.vanished:
+            # QRESYNC (RFC 7162 §3.2.6): what in the set went away, first.
+            gone = _gaps(sel.uids, _requested(ev.sequence_set, sel))
+            if gone:
+                self.conn.send(R.vanished(gone, earlier=True))
+        plan = FetchPlan(ev, readonly=sel.readonly, utf8=self.conn.utf8,
+                         condstore="CONDSTORE" in self.conn.enabled)
         others: list[tuple[int, Any]] = []
-        if seen and not sel.readonly:
-            await self.thread(sel.store, seen, FlagOp.ADD, ["\\Seen"])
-            ch: Changes = await self.thread(sel.refresh, allow_expunge=False)
-            # Our \Seen is in the FETCH responses; other clients' changes
-            # that this refresh found are still news.
-            mine = set(seen)
-            others = [(seq, m) for seq, m in ch.flags if m.uid not in mine]
-        for seq, items in responses:
-            self.conn.send(R.fetch(seq, items))
-        for seq, m in others:
-            self.conn.send(R.fetch(seq, [("FLAGS", R.flag_atoms(sorted(m.flags))),
-                                         ("UID", m.uid)]))
+        for i in range(0, len(pairs), FETCH_CHUNK):
+            got: FetchResult = await self.thread(fetch_chunk, sel, pairs[i:i + FETCH_CHUNK],
+                                                 plan, self.bridge.cache)
+            if got.seen:
+                # \Seen is in the responses: write it before they leave.
+                await self.thread(sel.store, got.seen, FlagOp.ADD, ["\\Seen"])
+                self.bridge.watcher.poke(sel.log_id)
+                ch: Changes = await self.thread(sel.refresh, allow_expunge=False)
+                mine = set(got.seen)
+                others += [(seq, m) for seq, m in ch.flags if m.uid not in mine]
+            if got.data:
+                self.conn.send_encoded(bytes(got.data))
+                await self.flush()
+        self.send_flag_changes(others)
         self.conn.complete(ev.tag, "OK", "FETCH completed")
 
     async def do_store(self, ev: Store) -> None:
@@ -429,6 +491,8 @@ class Session:
         uids = self._uids(ev.sequence_set, ev.uid)
         changed, refused = await self.thread(sel.store, uids, _OPS[ev.operation], ev.flags,
                                              unchanged_since=ev.unchanged_since)
+        if changed:
+            self.bridge.watcher.poke(sel.log_id)
         ch: Changes = await self.thread(sel.refresh, allow_expunge=False)
         if ev.silent:  # our own changes go unreported; other clients' are still news
             mine = set(changed)
@@ -462,7 +526,8 @@ class Session:
             self.conn.complete(ev.tag, "NO", "Mailbox is read-only", code="READ-ONLY")
             return
         only = self._uids(ev.uid_set, True) if ev.uid_set is not None else None
-        await self.thread(sel.expunge, only)
+        if await self.thread(sel.expunge, only):
+            self.bridge.watcher.poke(sel.log_id)
         await self.report_changes()
         self.conn.complete(ev.tag, "OK", "EXPUNGE completed")
 
@@ -483,33 +548,63 @@ class Session:
         if src:
             self.conn.send(_ok(R.copy_uid(uidvalidity, src, dst), "Moved"))
             await self.thread(sel.log.expunge, src)
+            self.bridge.watcher.poke(sel.log_id)
         await self.report_changes()
         self.conn.complete(ev.tag, "OK", "MOVE completed")
 
     # -- IDLE ----------------------------------------------------------------------------------------
 
     async def idle(self, ev: Idle) -> bool:
-        """Report changes as they come until DONE; False if the client went away."""
+        """Report changes as they come until DONE; False if the client went away.
+
+        The session sleeps until the client sends something or the bridge's
+        :class:`~ams.imap._watch.Watcher` says the selected log changed.
+        """
         deadline = trio.current_time() + self.autologout
-        while True:
-            event = self.conn.next_event()
-            if isinstance(event, IdleDone):
-                self.conn.complete(event.tag, "OK", "IDLE terminated")
-                return True
-            if isinstance(event, ConnectionClosed):
+        sel = self.selected
+        watching = (self.bridge.watcher.watch(sel.log_id, sel.log) if sel is not None
+                    else contextlib.nullcontext(None))
+        with watching as watched:
+            while True:
+                event = self.conn.next_event()
+                if isinstance(event, IdleDone):
+                    self.conn.complete(event.tag, "OK", "IDLE terminated")
+                    return True
+                if isinstance(event, ConnectionClosed):
+                    await self.flush()
+                    return False
+                if event is not NEED_DATA:  # pragma: no cover - only DONE ends IDLE
+                    raise AssertionError(f"unexpected event in IDLE: {event!r}")
+                version = watched.version if watched is not None else 0
+                await self.report_changes()
                 await self.flush()
-                return False
-            if event is not NEED_DATA:  # pragma: no cover - only DONE ends IDLE
-                raise AssertionError(f"unexpected event in IDLE: {event!r}")
-            await self.report_changes()
-            await self.flush()
-            if trio.current_time() > deadline:
-                self.conn.bye("Autologout; idle for too long")
-                await self.flush()
-                return False
-            with trio.move_on_after(IDLE_POLL):
-                data = await self.stream.receive_some(RECV_SIZE)
-                self.conn.receive_data(bytes(data))
+                if trio.current_time() > deadline:
+                    self.conn.bye("Autologout; idle for too long")
+                    await self.flush()
+                    return False
+                data = await self._input_or_change(watched, version, deadline)
+                if data is not None:
+                    self.conn.receive_data(bytes(data))
+
+    async def _input_or_change(self, watched: Watched | None, version: int,
+                               deadline: float) -> bytes | bytearray | None:
+        """The client's next bytes, or None when the log changed or time is up."""
+        got: list[bytes | bytearray] = []
+        with trio.move_on_at(deadline):
+            async with trio.open_nursery() as nursery:
+                async def receive() -> None:
+                    got.append(await self.stream.receive_some(RECV_SIZE))
+                    nursery.cancel_scope.cancel()
+
+                async def change() -> None:
+                    assert watched is not None
+                    await watched.changed(version)
+                    nursery.cancel_scope.cancel()
+
+                nursery.start_soon(receive)
+                if watched is not None:
+                    nursery.start_soon(change)
+        return got[0] if got else None
 
 
 def _uids_in(uids: list[int], spans: tuple[range, ...]) -> list[int]:
@@ -520,6 +615,28 @@ def _uids_in(uids: list[int], spans: tuple[range, ...]) -> list[int]:
         hi = bisect.bisect_left(uids, r.stop)
         out.extend(uids[lo:hi])
     return out
+
+
+def _requested(seqset: SequenceSet, sel: Selected) -> tuple[range, ...]:
+    """The UID ranges a UID set names, below the mailbox's UIDNEXT."""
+    return seqset.resolve(sel.uidnext - 1, clip=True)
+
+
+def _gaps(uids: list[int], spans: tuple[range, ...]) -> SequenceSet | None:
+    """The numbers in ``spans`` missing from the sorted ``uids``, as a set."""
+    out: list[tuple[int, int]] = []
+    for r in spans:
+        if not r:
+            continue
+        i = bisect.bisect_left(uids, r.start)
+        at = r.start
+        while at < r.stop:
+            nxt = uids[i] if i < len(uids) else r.stop
+            if nxt > at:
+                out.append((at, min(nxt, r.stop) - 1))
+            at = nxt + 1
+            i += 1
+    return SequenceSet(tuple(out)) if out else None
 
 
 def _ok(code: Any, text: str) -> Any:
@@ -573,8 +690,10 @@ async def serve_imap(config: Config, *, listen: str | None = None,
             thost, tport = parse_listen(config.listen.imaps)
             for tcp in await trio.open_tcp_listeners(tport, host=thost):
                 listeners.append(trio.SSLListener(tcp, ctx, https_compatible=False))
-        task_status.started(listeners)
-        await trio.serve_listeners(bridge.handle, listeners)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(bridge.watcher.run)
+            task_status.started(listeners)
+            await trio.serve_listeners(bridge.handle, listeners)
     finally:
         bridge.close()
 

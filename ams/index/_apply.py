@@ -67,8 +67,9 @@ class Applier:
     """
 
     def __init__(self, txn: Any, msgs_db: Any, mods_db: Any, meta: MailboxMeta, top: int,
-                 changes: Changes | None) -> None:
+                 changes: Changes | None, *, cache_db: Any = None) -> None:
         self.txn = txn
+        self.cache_db = cache_db
         self.msgs_db = msgs_db
         self.mods_db = mods_db
         self.meta = meta
@@ -229,6 +230,8 @@ class Applier:
                 txn.delete(_mod_key(cur.value(), k), db=mods_db)
                 cur.delete()
                 removed += 1
+                if self.cache_db is not None:
+                    _drop_prefix(txn, self.cache_db, k)
                 if ch is not None:
                     uid = int.from_bytes(k[4:], "big")
                     if uid in ch.created:
@@ -237,6 +240,14 @@ class Applier:
                         ch.gone.add(uid)
                         ch.touched.pop(uid, None)
         return removed
+
+
+def _drop_prefix(txn: Any, db: Any, prefix: bytes) -> None:
+    cur = txn.cursor(db=db)
+    if cur.set_range(prefix):
+        while cur.key()[:len(prefix)] == prefix:
+            if not cur.delete():
+                break
 
 
 def _mod_key(value: bytes, msg_key: bytes) -> bytes:

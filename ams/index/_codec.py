@@ -4,7 +4,7 @@ This docstring is the specification of the index format.  The index is a
 cache: when ``INDEX_FORMAT`` changes, an old environment is not migrated but
 emptied and rebuilt from the logs.
 
-One environment per host at ``<host.cache_dir>/index/`` with four named
+One environment per host at ``<host.cache_dir>/index/`` with five named
 databases.  Keys are big-endian so that LMDB's bytewise order is numeric
 order; values are little-endian like the log format.
 
@@ -52,6 +52,19 @@ mbx numbers are never reused.
 ``modseqs``: key = mbx u32 BE + MODSEQ u64 BE + UID u32 BE (16 bytes), empty
 value: one entry per message at its current MODSEQ, so CHANGEDSINCE is a
 range scan.
+
+``cache``: what the IMAP bridge derived from a message, so that a second
+FETCH does not read or parse it again; key = the message's ``messages`` key
++ one kind octet, value = a version octet + the data::
+
+    kind  data
+    b"E"  the ENVELOPE value as IMAP wire bytes (no UTF8=ACCEPT)
+    b"S"  the BODYSTRUCTURE value as IMAP wire bytes
+    b"B"  the BODY (non-extensible structure) value as IMAP wire bytes
+
+Entries go with their message: an EXPUNGE deletes them, and a rebuild under
+the same UIDVALIDITY carries them to the new mailbox number (a UID still
+names the same bytes).
 """
 
 from __future__ import annotations

@@ -175,6 +175,7 @@ class Index:
         self._mailboxes = self._env.open_db(b"mailboxes")
         self._msgs = self._env.open_db(b"messages")
         self._mods = self._env.open_db(b"modseqs")
+        self._cache = self._env.open_db(b"cache")
         self._flagsets: dict[tuple[int, int], frozenset[str]] = {}
         self._check_format()
 
@@ -186,7 +187,7 @@ class Index:
             if raw is not None:
                 log.warning("index %s has format %d, this AMS uses %d: rebuilding", self.path,
                             U32.unpack(raw)[0], INDEX_FORMAT)
-                for db in (self._mailboxes, self._msgs, self._mods):
+                for db in (self._mailboxes, self._msgs, self._mods, self._cache):
                     txn.drop(db, delete=False)
             txn.put(b"format", U32.pack(INDEX_FORMAT), db=self._meta)
             txn.put(b"next_mbx", U32.pack(1), db=self._meta)
@@ -244,7 +245,8 @@ class Index:
         with self._env.begin(write=True) as txn:
             if txn.get(key, db=self._mailboxes) != raw:
                 return None
-            Applier(txn, self._msgs, self._mods, meta, meta.uidnext - 1, ch).run(batch)
+            Applier(txn, self._msgs, self._mods, meta, meta.uidnext - 1, ch,
+                    cache_db=self._cache).run(batch)
             meta.position = batch.position
             new = meta.encode()
             txn.put(key, new, db=self._mailboxes)
@@ -276,6 +278,8 @@ class Index:
                 raise
             uv_changed, old_mbx = switched
             if old_mbx is not None:
+                if not uv_changed:
+                    self._carry_cache(old_mbx, meta.mbx)
                 self._purge(old_mbx)  # no longer referenced: readers cannot see it
             return _result(key.decode("utf-8"), ch, meta.position, batch.stopped_at,
                            reset=True, uidvalidity_changed=uv_changed)
@@ -362,11 +366,47 @@ class Index:
             else:
                 ch.gone.add(uid)
 
+    def _carry_cache(self, old: int, new: int) -> int:
+        """Copy cached analyses from mailbox number ``old`` to ``new`` (a
+        rebuild with the same UIDVALIDITY: a UID still names the same
+        message) for the UIDs ``new`` has, a batch per transaction."""
+        carried = 0
+        prefix, lo, renamed = MBX.pack(old), MBX.pack(old), MBX.pack(new)
+        while True:
+            with self._env.begin(write=True) as txn:
+                batch = []
+                for k, v in self._range(txn, self._cache, lo, prefix + b"\xff" * 9):
+                    batch.append((bytes(k), bytes(v)))
+                    if len(batch) >= self.batch_records:
+                        break
+                for k, v in batch:
+                    nk = renamed + k[4:]
+                    if txn.get(nk[:8], db=self._msgs) is not None:
+                        txn.put(nk, v, db=self._cache)
+                        carried += 1
+            if len(batch) < self.batch_records:
+                return carried
+            lo = batch[-1][0] + b"\0"
+
+    def put_cached(self, mbx: int, entries: list[tuple[int, bytes, bytes]]) -> int:
+        """Cache ``(uid, kind, value)`` analyses of mailbox number ``mbx``
+        (from :attr:`MailboxView.mbx`), skipping messages no longer there."""
+        if not entries:
+            return 0
+        done = 0
+        with self._env.begin(write=True) as txn:
+            for uid, kind, value in entries:
+                key = MSG_KEY.pack(mbx, uid)
+                if txn.get(key, db=self._msgs) is not None:
+                    txn.put(key + kind, value, db=self._cache)
+                    done += 1
+        return done
+
     def _purge(self, mbx: int) -> int:
         """Delete every entry of mailbox number ``mbx``, a batch per transaction."""
         removed = 0
         prefix = MBX.pack(mbx)
-        for db in (self._msgs, self._mods):
+        for db in (self._msgs, self._mods, self._cache):
             while True:
                 with self._env.begin(write=True) as txn:
                     cur = txn.cursor(db=db)
@@ -405,7 +445,7 @@ class Index:
                 if _process_alive(U32.unpack(v)[0]):
                     live.add(MBX.unpack(k[len(_BUILD):])[0])
             found: set[int] = set()
-            for db in (self._msgs, self._mods):
+            for db in (self._msgs, self._mods, self._cache):
                 cur = txn.cursor(db=db)
                 ok = cur.first()
                 while ok:
@@ -529,6 +569,28 @@ class MailboxView:
 
     def __len__(self) -> int:
         return self._meta.messages
+
+    @property
+    def mbx(self) -> int:
+        """The mailbox number the entries read here are kept under."""
+        return self._meta.mbx
+
+    def raw(self, uid: int) -> bytes | None:
+        """A ``messages`` value as stored (layout in ams.index._codec), for
+        hot loops that decode only what they need."""
+        return self._txn.get(MSG_KEY.pack(self._meta.mbx, uid), db=self._index._msgs)
+
+    def flagset(self, mask: bytes) -> frozenset[str]:
+        """The flag names of a stored flag mask (the value's tail)."""
+        return self._index._flagset(self._meta, int.from_bytes(mask, "little"))
+
+    def cached(self, uid: int, kind: bytes) -> bytes | None:
+        """A cached analysis of message ``uid`` (see :meth:`Index.put_cached`)."""
+        return self._txn.get(MSG_KEY.pack(self._meta.mbx, uid) + kind, db=self._index._cache)
+
+    def message(self, uid: int, raw: bytes) -> IndexedMessage:
+        """Decode a value from :meth:`raw`."""
+        return self._message(uid, raw)
 
     def uids(self, first: int = 1, last: int = MAX_UID) -> list[int]:
         """UIDs in ascending order (position + 1 is the IMAP sequence number)."""

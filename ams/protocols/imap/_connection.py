@@ -291,6 +291,16 @@ class IMAPServerConnection:
             raise LocalProtocolError(f"not a response: {type(response).__name__}")
         self._queue(response)
 
+    def send_encoded(self, data: bytes) -> None:
+        """Queue untagged responses already encoded with the ``responses``
+        helpers (``encoded_fetch``): the fast path for large FETCH results,
+        which are validated piece by piece when built."""
+        if self._mode in (M.GREETING, M.CLOSED, M.TLS_PENDING):
+            raise LocalProtocolError(f"cannot send in mode {self._mode.value}")
+        if data[:2] != b"* " or data[-2:] != b"\r\n":
+            raise LocalProtocolError("not encoded untagged responses")
+        self._out += data
+
     def complete(self, tag: str, condition: Literal["OK", "NO", "BAD"], text: str | None = None,
                  *, code: ResponseCode | str | None = None) -> None:
         """Finish the pending command with its tagged response."""

@@ -1,0 +1,178 @@
+"""QRESYNC, the ENVELOPE/BODYSTRUCTURE cache in the local index, and IDLE
+sessions sharing one watcher: real bridges, raw clients checking the wire."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import trio
+
+from ams.index import Index
+from ams.store import FlagOp, NewMessage, UserRegistry
+from tests.conftest import MakeConfig
+from tests.imap_helpers import RawIMAP, bridge_process, running_imap
+from tests.mx_helpers import add_users
+from tests.test_imap_bridge import in_thread, multipart, seed, site
+
+
+def _code(lines: list[bytes], name: bytes) -> int:
+    for ln in lines:
+        m = re.search(rb"\[" + name + rb" (\d+)\]", ln)
+        if m:
+            return int(m.group(1))
+    raise AssertionError(f"no {name!r} in {lines!r}")
+
+
+async def test_qresync_select_fetch_and_vanished(make_config: MakeConfig) -> None:
+    cfg, store = site(make_config)
+    add_users(store, "alice")
+    seed(store, "alice", 10)
+    inbox = UserRegistry(store).mailboxes("alice").open("INBOX")
+
+    def client(port: int) -> None:
+        a = RawIMAP(port)
+        a.ok("LOGIN alice alice-pw")
+        assert any(b"ENABLED QRESYNC" in ln for ln in a.ok("ENABLE QRESYNC"))
+        sel = a.ok("SELECT INBOX")
+        uv, m0 = _code(sel, b"UIDVALIDITY"), _code(sel, b"HIGHESTMODSEQ")
+
+        # Another host expunges 3 and 4 and flags 7.
+        inbox.expunge([3, 4])
+        inbox.store_flags(FlagOp.ADD, ["\\Flagged"], [7])
+
+        b = RawIMAP(port)
+        b.ok("LOGIN alice alice-pw")
+        b.ok("ENABLE QRESYNC")
+        got = b.ok(f"SELECT INBOX (QRESYNC ({uv} {m0} 1:10))")
+        assert b"* VANISHED (EARLIER) 3:4\r\n" in got, got
+        fetches = [ln for ln in got if b" FETCH " in ln]
+        assert len(fetches) == 1, got
+        assert re.fullmatch(rb"\* 5 FETCH \(UID 7 FLAGS \(\\Flagged\) MODSEQ \(\d+\)\)\r\n",
+                            fetches[0]), fetches
+
+        # Known UIDs left out: every vanished UID below UIDNEXT is listed.
+        got = b.ok(f"SELECT INBOX (QRESYNC ({uv} {m0}))")
+        assert b"* VANISHED (EARLIER) 3:4\r\n" in got, got
+        # A known-UID set names only what the client has.
+        got = b.ok(f"SELECT INBOX (QRESYNC ({uv} {m0} 4:10))")
+        assert b"* VANISHED (EARLIER) 4\r\n" in got, got
+        # Another UIDVALIDITY: the client's cache is void; no resync data.
+        got = b.ok(f"SELECT INBOX (QRESYNC ({uv + 1} {m0}))")
+        assert not any(b"VANISHED" in ln or b"FETCH" in ln for ln in got), got
+
+        got = b.ok(f"UID FETCH 1:* (FLAGS) (CHANGEDSINCE {m0} VANISHED)")
+        assert got[0] == b"* VANISHED (EARLIER) 3:4\r\n", got
+        assert len(got) == 2 and b"UID 7 " in got[1] and b"MODSEQ" in got[1], got
+
+        # The session selected before: VANISHED replaces EXPUNGE, and flag
+        # news carries MODSEQ.
+        got = a.ok("NOOP")
+        assert b"* VANISHED 3:4\r\n" in got and not any(b"EXPUNGE" in ln for ln in got), got
+        assert any(re.search(rb"FETCH \(FLAGS \(\\Flagged\) UID 7 MODSEQ \(\d+\)\)", ln)
+                   for ln in got), got
+        for c in (a, b):
+            c.ok("LOGOUT")
+            c.close()
+
+    async with running_imap(cfg) as port:
+        with trio.fail_after(60):
+            await in_thread(client, port)
+
+
+async def test_qresync_needs_enable(make_config: MakeConfig) -> None:
+    cfg, store = site(make_config)
+    add_users(store, "alice")
+    seed(store, "alice", 2)
+
+    def client(port: int) -> bytes:
+        c = RawIMAP(port)
+        c.ok("LOGIN alice alice-pw")
+        _, done = c.command("SELECT INBOX (QRESYNC (1 1))")
+        c.close()
+        return done
+
+    async with running_imap(cfg) as port:
+        with trio.fail_after(30):
+            done = await in_thread(client, port)
+    assert b" BAD " in done
+
+
+def _fetch_all(port: int, items: str) -> list[bytes]:
+    c = RawIMAP(port)
+    c.ok("LOGIN alice alice-pw")
+    c.ok("SELECT INBOX")
+    out = c.ok(f"FETCH 1:* ({items})")
+    c.ok("LOGOUT")
+    c.close()
+    return out
+
+
+def test_envelope_cache_is_exact_and_follows_the_log(make_config: MakeConfig,
+                                                     tmp_path: Path) -> None:
+    cfg, store = site(make_config)
+    add_users(store, "alice")
+    seed(store, "alice", 3)
+    inbox = UserRegistry(store).mailboxes("alice").open("INBOX")
+    inbox.append([NewMessage(multipart(), internal_date=1_700_000_100)])
+    items = "ENVELOPE BODYSTRUCTURE BODY"
+
+    with bridge_process(cfg, tmp_path / "a.toml") as port:
+        first = _fetch_all(port, items)      # parsed, then cached
+        second = _fetch_all(port, items)     # from the cache
+    assert len(first) == 4 and first == second
+    assert b"=?utf-8?" in first[3] or b"=?UTF-8?" in first[3]  # the encoded-word as sent
+
+    def cached(uid: int) -> dict[bytes, bytes | None]:
+        with Index(cfg) as ix, ix.view(inbox.head().id) as view:
+            return {k: view.cached(uid, k) for k in (b"E", b"S", b"B")}
+
+    assert all(v is not None for v in cached(4).values())
+
+    # Compaction rebuilds the index under a new mailbox number: the cache
+    # moves with it, and answers stay the same.
+    inbox.expunge([1])
+    inbox.compact()
+    with bridge_process(cfg, tmp_path / "b.toml") as port:
+        third = _fetch_all(port, items)
+    assert third == [re.sub(rb"^\* (\d+)", lambda m: b"* %d" % (int(m.group(1)) - 1), ln)
+                     for ln in first[1:]]
+    assert cached(1) == {b"E": None, b"S": None, b"B": None}
+    assert all(v is not None for v in cached(4).values())
+
+    # An expunge applied from the log tail drops the message's entries.
+    inbox.expunge([4])
+    with bridge_process(cfg, tmp_path / "c.toml") as port:
+        assert len(_fetch_all(port, "UID")) == 2
+    assert cached(4) == {b"E": None, b"S": None, b"B": None}
+
+
+async def test_many_idle_sessions_hear_of_one_delivery(make_config: MakeConfig) -> None:
+    cfg, store = site(make_config)
+    add_users(store, "alice")
+    seed(store, "alice", 1)
+    inbox = UserRegistry(store).mailboxes("alice").open("INBOX")
+    sessions = 40
+
+    def idle(port: int) -> RawIMAP:
+        c = RawIMAP(port)
+        c.ok("LOGIN alice alice-pw")
+        c.ok("SELECT INBOX")
+        c.send(b"i IDLE\r\n")
+        assert c.line().startswith(b"+ ")
+        return c
+
+    def deliver_and_listen(clients: list[RawIMAP]) -> list[bytes]:
+        inbox.append([NewMessage(b"Subject: x\r\n\r\nx\r\n", internal_date=1_700_000_500)])
+        heard = [c.line() for c in clients]  # one thread: the bridge keeps its own
+        for c in clients:
+            c.send(b"DONE\r\n")
+            assert c.line().startswith(b"i OK")
+            c.close()
+        return heard
+
+    async with running_imap(cfg) as port:
+        with trio.fail_after(60):
+            clients = [await in_thread(idle, port) for _ in range(sessions)]
+            lines = await in_thread(deliver_and_listen, clients)
+    assert lines == [b"* 2 EXISTS\r\n"] * sessions
