@@ -176,3 +176,24 @@ async def test_many_idle_sessions_hear_of_one_delivery(make_config: MakeConfig) 
             clients = [await in_thread(idle, port) for _ in range(sessions)]
             lines = await in_thread(deliver_and_listen, clients)
     assert lines == [b"* 2 EXISTS\r\n"] * sessions
+
+
+def test_first_without_a_flag_reads_one_bit(make_config: MakeConfig) -> None:
+    cfg, store = site(make_config)
+    add_users(store, "alice")
+    seed(store, "alice", 12)
+    inbox = UserRegistry(store).mailboxes("alice").open("INBOX")
+    with Index(cfg) as ix:
+        ix.update(inbox)
+        with ix.view(inbox.head().id) as view:
+            assert view.first_without("\\Seen") == 1  # the flag was never used
+        # Enough other flags first that \Seen lands in the mask's second byte.
+        inbox.store_flags(FlagOp.ADD, [f"$k{i}" for i in range(9)], [1])
+        inbox.store_flags(FlagOp.ADD, ["\\Seen"], list(range(1, 11)))
+        ix.update(inbox)
+        with ix.view(inbox.head().id) as view:
+            assert view.first_without("\\Seen") == 11
+        inbox.store_flags(FlagOp.ADD, ["\\Seen"], [11, 12])
+        ix.update(inbox)
+        with ix.view(inbox.head().id) as view:
+            assert view.first_without("\\Seen") is None

@@ -187,10 +187,8 @@ class Selected:
     def first_unseen(self) -> int | None:
         """Sequence number of the first message without \\Seen (for SELECT)."""
         with self.index.view(self.log_id) as view:
-            for uid, fl in view.flags():
-                if "\\Seen" not in fl:
-                    return self.seq_of(uid)
-        return None
+            uid = view.first_without("\\Seen")
+        return self.seq_of(uid) if uid is not None else None
 
     # -- keeping up --------------------------------------------------------------------
 

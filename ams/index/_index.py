@@ -580,6 +580,30 @@ class MailboxView:
         hot loops that decode only what they need."""
         return self._txn.get(MSG_KEY.pack(self._meta.mbx, uid), db=self._index._msgs)
 
+    def raw_range(self, first: int, last: int) -> Iterator[tuple[int, bytes]]:
+        """(UID, stored value) for first <= UID <= last, by one cursor walk."""
+        ix = self._index
+        from_bytes = int.from_bytes
+        for k, v in ix._range(self._txn, ix._msgs, MSG_KEY.pack(self._meta.mbx, first),
+                              MSG_KEY.pack(self._meta.mbx, last)):
+            yield from_bytes(k[4:], "big"), v
+
+    def first_without(self, flag: str) -> int | None:
+        """The lowest UID whose flags lack ``flag`` (SELECT's UNSEEN), by
+        testing one bit of each stored mask."""
+        try:
+            bit = self._meta.flag_names.index(flag)
+        except ValueError:
+            first = next(self.raw_range(1, MAX_UID), None)
+            return first[0] if first is not None else None
+        byte, mask = FLAGS_AT + (bit >> 3), 1 << (bit & 7)
+        ix = self._index
+        for k, v in ix._range(self._txn, ix._msgs, MSG_KEY.pack(self._meta.mbx, 1),
+                              MSG_KEY.pack(self._meta.mbx, MAX_UID)):
+            if len(v) <= byte or not v[byte] & mask:
+                return int.from_bytes(k[4:], "big")
+        return None
+
     def flagset(self, mask: bytes) -> frozenset[str]:
         """The flag names of a stored flag mask (the value's tail)."""
         return self._index._flagset(self._meta, int.from_bytes(mask, "little"))

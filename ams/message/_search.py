@@ -382,6 +382,25 @@ class _Context:
             self._body = [_fold(t) for t in _texts(raw, part, structure)]
         return self._body
 
+    def absent(self, needle: str) -> bool:
+        """True when the raw octets prove that no decoded text of the message
+        holds ``needle`` (folded, see :func:`_fold`), so BODY and TEXT need
+        not decode anything.  Only claimed when decoding cannot create the
+        needle: the message is all ASCII without NUL (no charset turns such
+        octets into other ASCII letters, and no non-ASCII letter folds into
+        the needle), has no encoded words, transfer encodings or UTF-7 that
+        would change its octets, and the needle is ASCII without blanks (so
+        unfolding cannot join it).  Otherwise False: decode and look."""
+        if not needle or not needle.isascii() or " " in needle:
+            return False
+        raw = self.raw
+        if not raw.isascii() or b"\0" in raw:
+            return False
+        low = raw.lower()
+        if b"=?" in low or b"base64" in low or b"quoted-printable" in low or b"utf-7" in low:
+            return False
+        return needle.encode("ascii") not in low
+
     def sent_date(self) -> date:
         value = self.envelope.date
         parsed = None
@@ -490,9 +509,13 @@ def _eval(key: SearchKey, ctx: _Context) -> bool:
             return bool(values) and (not text or any(_contains(v, text) for v in values))
         case Body(text):
             needle = _fold(text)
+            if ctx.absent(needle):
+                return False
             return any(needle in t for t in ctx.body_texts())
         case Text(text):
             needle = _fold(text)
+            if ctx.absent(needle):
+                return False
             return _contains(ctx.header_text(), text) or any(
                 needle in t for t in ctx.body_texts())
     raise TypeError(f"not a search key: {key!r}")

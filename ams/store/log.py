@@ -257,20 +257,13 @@ class MailboxLog:
         return LogReader(self.path, position)
 
     def read_message(self, loc: MessageLocation) -> bytes:
-        try:
-            fd = os.open(self.segment_path(loc.generation, loc.seq), os.O_RDONLY)
-        except FileNotFoundError:
-            raise NotFound(f"segment {loc.generation}/{loc.seq} of {self.path} is gone "
-                           "(compacted away); reindex") from None
-        try:
-            data = _fs.pread_exact(fd, loc.size, loc.offset)
-        finally:
-            os.close(fd)
-        if len(data) != loc.size:
-            raise CorruptionError("message extends past the end of its segment",
-                                  path=self.segment_path(loc.generation, loc.seq),
-                                  offset=loc.offset)
-        return data
+        with self.message_reader() as reader:
+            return reader.read(loc)
+
+    def message_reader(self) -> MessageReader:
+        """A reader that keeps segments open between reads (close it, or use
+        it as a context manager): for loops over many messages."""
+        return MessageReader(self)
 
     # -- writing ------------------------------------------------------------
 
@@ -693,6 +686,41 @@ class MailboxLog:
         return removed
 
 
+class MessageReader:
+    """Reads messages by location, keeping each segment it touches open."""
+
+    def __init__(self, log_: MailboxLog) -> None:
+        self._log = log_
+        self._fds: dict[tuple[int, int], int] = {}
+
+    def read(self, loc: MessageLocation) -> bytes:
+        key = (loc.generation, loc.seq)
+        fd = self._fds.get(key)
+        if fd is None:
+            try:
+                fd = os.open(self._log.segment_path(*key), os.O_RDONLY)
+            except FileNotFoundError:
+                raise NotFound(f"segment {loc.generation}/{loc.seq} of {self._log.path} is "
+                               "gone (compacted away); reindex") from None
+            self._fds[key] = fd
+        data = _fs.pread_exact(fd, loc.size, loc.offset)
+        if len(data) != loc.size:
+            raise CorruptionError("message extends past the end of its segment",
+                                  path=self._log.segment_path(*key), offset=loc.offset)
+        return data
+
+    def close(self) -> None:
+        fds, self._fds = self._fds, {}
+        for fd in fds.values():
+            os.close(fd)
+
+    def __enter__(self) -> MessageReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 @dataclass
 class _KnownIds:
     """Every delivery id filed in the log from ``floor_us`` up to (seq, offset)."""
@@ -1036,6 +1064,6 @@ def _as_ranges(uids: Sequence[int] | Sequence[Range]) -> list[Range]:
 
 __all__ = [
     "Appended", "CompactStats", "FoldedLog", "Head", "LogOptions", "LogReader", "MailboxLog",
-    "MessageLocation", "MessageState", "NewMessage", "Position", "ReadBatch", "create_log", "fold",
+    "MessageLocation", "MessageReader", "MessageState", "NewMessage", "Position", "ReadBatch", "create_log", "fold",
     "read_head",
 ]
