@@ -105,6 +105,58 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True)
+class SubmissionConfig:
+    """SMTP submission (RFC 6409) for the store's users."""
+
+    #: File a copy of every submitted message into the sender's Sent mailbox
+    #: (the mailbox with special use \\Sent; none filed if there is none).
+    save_sent: bool = False
+
+
+@dataclass(frozen=True)
+class OutboundConfig:
+    """The outbound gateways: routes, retries, timeouts."""
+
+    #: The name given in EHLO (default: ``host.name``).
+    helo_name: str = ""
+    #: Static routes, domain -> ``HOST:PORT`` (or ``HOST``, port 25); several
+    #: hosts are tried in order when separated by commas.  A domain
+    #: ``.example.org`` also covers its subdomains.
+    routes: dict[str, str] = field(default_factory=dict)
+    #: Where everything without a route goes instead of its MX, if set.
+    smarthost: str = ""
+    #: Look up MX records (dnspython) for domains without a route.
+    dns: bool = True
+    #: Seconds to wait for one DNS answer.
+    dns_timeout: float = 10.0
+    #: Waits before successive retries of a temporary failure; the last one
+    #: repeats until ``max_age``.
+    retry_schedule: tuple[float, ...] = (60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0)
+    #: A message still undelivered this long after it was queued is bounced.
+    max_age: float = 5 * 86400.0
+    #: Deferred entries are due in buckets of this many seconds.
+    bucket_seconds: int = 60
+    #: Use STARTTLS when the remote offers it.
+    starttls: bool = True
+    #: Verify the remote certificate (off: opportunistic TLS, RFC 7435).
+    tls_verify: bool = False
+    connect_timeout: float = 30.0
+    #: RFC 5321 4.5.3.2 asks for 5 minutes per command and 10 for the final dot.
+    command_timeout: float = 300.0
+    data_timeout: float = 600.0
+    #: Messages one gateway delivers at once.
+    concurrency: int = 16
+
+
+@dataclass(frozen=True)
+class BboardConfig:
+    """Bulletin boards (the posting address prefix is ``mail.bboard_prefix``)."""
+
+    #: Seconds between expiry runs under ``ams serve`` (0: never run there).
+    expire_interval: float = 3600.0
+
+
+@dataclass(frozen=True)
 class Config:
     store: StoreConfig
     host: HostConfig = field(default_factory=HostConfig)
@@ -112,6 +164,9 @@ class Config:
     listen: ListenConfig = field(default_factory=ListenConfig)
     tls: TLSConfig = field(default_factory=TLSConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    submission: SubmissionConfig = field(default_factory=SubmissionConfig)
+    outbound: OutboundConfig = field(default_factory=OutboundConfig)
+    bboard: BboardConfig = field(default_factory=BboardConfig)
     #: The file this was loaded from, if any.
     path: Path | None = None
 
@@ -211,6 +266,11 @@ def _coerce(tp: Any, value: Any, *, key: str, source: str) -> Any:
         if not isinstance(value, list):
             raise bad
         return tuple(_coerce(args[0], v, key=key, source=source) for v in value)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise bad
+        return {str(k): _coerce(args[1], v, key=f"{key}.{k}", source=source)
+                for k, v in value.items()}
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -241,6 +301,8 @@ def _describe(tp: Any) -> str:
         return "one of " + ", ".join(repr(a) for a in args)
     if origin is tuple:
         return f"a list of {_describe(args[0])}"
+    if origin is dict:
+        return f"a table of {_describe(args[1])}"
     if origin in (types.UnionType, typing.Union):
         return " or ".join(_describe(a) for a in args if a is not type(None))
     return {bool: "true or false", int: "an integer", float: "a number", str: "a string",
@@ -264,6 +326,15 @@ def _check(obj: Any, prefix: str, source: str) -> None:
     elif isinstance(obj, MailConfig):
         for d in obj.domains:
             need(bool(d) and " " not in d and "@" not in d, "domains", f"has a bad domain {d!r}")
+    elif isinstance(obj, OutboundConfig):
+        need(all(t >= 0 for t in obj.retry_schedule) and bool(obj.retry_schedule),
+             "retry_schedule", "must be a non-empty list of non-negative seconds")
+        for name in ("max_age", "dns_timeout", "connect_timeout", "command_timeout",
+                     "data_timeout", "bucket_seconds", "concurrency"):
+            need(getattr(obj, name) > 0, name, "must be positive")
+        need(3600 % obj.bucket_seconds == 0, "bucket_seconds", "must divide 3600")
+    elif isinstance(obj, BboardConfig):
+        need(obj.expire_interval >= 0, "expire_interval", "must not be negative")
     elif isinstance(obj, LimitsConfig):
         for name in ("max_message_bytes", "max_line_bytes", "max_recipients",
                      "max_connections", "max_bad_commands", "delivery_attempts",
@@ -294,5 +365,8 @@ def _toml_value(v: Any) -> str:
         return '""'
     if isinstance(v, tuple):
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{_toml_value(str(k))} = {_toml_value(x)}"
+                               for k, x in v.items()) + "}"
     s = str(v)
     return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'

@@ -11,9 +11,20 @@ names by some MTAs.
 The local part, in this order:
 
 1. starts with ``mail.bboard_prefix`` (``bb+``, case-insensitive): a
-   bulletin board.  Bboard delivery is a later issue, so this is a
-   permanent :class:`Refusal` (BBOARD), never a silent drop.  The prefix is
-   checked first, so a user called ``bb`` cannot shadow boards.
+   bulletin board, named by the rest of the local part, lowercased
+   (``bb+Andrew.General`` is ``andrew.general``).  The prefix is checked
+   first, so a user called ``bb`` cannot shadow boards.  A malformed or
+   unknown board is UNKNOWN_BBOARD.  Otherwise the target is a
+   :class:`BboardTarget`: the board's published log, or its pending log when
+   the board is moderated.  Mail never skips moderation, not even a
+   moderator's: an envelope sender proves nothing.  When the caller passes
+   the envelope ``sender`` (the MX does, at RCPT time), a members-only
+   board also requires it to be the address of a local user who is a
+   member or moderator, else BBOARD_DENIED; an authenticated ``user``
+   (submission) is checked instead of the sender.  At RCPT time a missing
+   sender counts as a stranger, so an unchecked post is refused.  Filing
+   resolves again with neither (the admission was decided at RCPT) and
+   follows the board's moderation setting at that moment.
 2. is split once at ``mail.recipient_delimiter``: ``base+detail``.
 3. ``base`` is looked up by :meth:`UserRegistry.resolve` (user names, then
    aliases, case-insensitive).  An alias may name several users: each
@@ -49,6 +60,7 @@ from ams.config import Config
 from ams.errors import LockError, NotFound, StoreError, UsageError
 from ams.store import Store, User, UserRegistry
 from ams.store.mailboxes import INBOX, MailboxInfo, validate_mailbox_name
+from bboard import Bboards, validate_board_name
 
 #: sysexits(3) codes the LDA uses.
 EX_OK = 0
@@ -72,7 +84,8 @@ class Reason(enum.Enum):
     NOT_LOCAL = "not a local domain"
     UNKNOWN_USER = "unknown user"
     DISABLED = "user disabled"
-    BBOARD = "bboard delivery not available yet"
+    UNKNOWN_BBOARD = "no such bulletin board"
+    BBOARD_DENIED = "not allowed to post to this bulletin board"
     LOOP = "mail forwarding loop"
     TEMPORARY = "temporary failure"
 
@@ -94,8 +107,9 @@ REFUSALS: dict[Reason, ReplySpec] = {
     Reason.NOT_LOCAL: ReplySpec(550, "5.7.1", "Relaying denied", EX_NOUSER),
     Reason.UNKNOWN_USER: ReplySpec(550, "5.1.1", "No such user here", EX_NOUSER),
     Reason.DISABLED: ReplySpec(550, "5.2.1", "Mailbox disabled", EX_NOUSER),
-    Reason.BBOARD: ReplySpec(550, "5.3.3", "Bulletin board delivery is not available yet",
-                             EX_UNAVAILABLE),
+    Reason.UNKNOWN_BBOARD: ReplySpec(550, "5.1.1", "No such bulletin board here", EX_NOUSER),
+    Reason.BBOARD_DENIED: ReplySpec(550, "5.7.1", "Not allowed to post to this bulletin board",
+                                    EX_UNAVAILABLE),
     Reason.LOOP: ReplySpec(554, "5.4.6", "Mail forwarding loop", EX_UNAVAILABLE),
     Reason.TEMPORARY: ReplySpec(451, "4.3.0",
                                 "Requested action aborted: local error in processing",
@@ -141,6 +155,21 @@ class Mailbox:
 
     def __str__(self) -> str:
         return f"{self.user}:{self.mailbox}"
+
+
+@dataclass(frozen=True)
+class BboardTarget(Mailbox):
+    """File into a bboard's log: the same append as a mailbox's.
+
+    ``path``/``log_id`` name the board's posts log, or its pending log when
+    ``pending``; ``user`` is ``bboard:NAME`` and ``user_id`` the board id.
+    """
+
+    board: str = ""
+    pending: bool = False
+
+    def __str__(self) -> str:
+        return f"bboard:{self.board}" + ("(pending)" if self.pending else "")
 
 
 @dataclass(frozen=True)
@@ -210,24 +239,50 @@ class Resolver:
         self.domains = frozenset(d.lower().rstrip(".") for d in cfg.mail.domains)
         self.delimiter = cfg.mail.recipient_delimiter
         self.bboard_prefix = cfg.mail.bboard_prefix.lower()
+        self._boards: Bboards | None = None
+
+    @property
+    def boards(self) -> Bboards:
+        if self._boards is None:
+            self._boards = Bboards(self.store, self.users)
+        return self._boards
+
+    def is_bboard(self, address: str) -> bool:
+        """Whether ``address`` has the bboard prefix (its answer depends on the sender)."""
+        a = parse_address(address)
+        return (a is not None and bool(self.bboard_prefix)
+                and a.local.lower().startswith(self.bboard_prefix))
 
     def is_local(self, address: str) -> bool:
         """Whether ``address`` is in one of our domains (its user may not exist)."""
         a = parse_address(address)
         return a is not None and (a.domain is None or a.domain.lower().rstrip(".") in self.domains)
 
-    def resolve_for_rcpt(self, address: str) -> Resolution | Refusal:
-        """What the MX answers to ``RCPT TO:<address>``: accept, or this refusal."""
-        return self.resolve(address)
+    def resolve_for_rcpt(self, address: str, sender: str | None = None, *,
+                         user: str | None = None) -> Resolution | Refusal:
+        """What the MX answers to ``RCPT TO:<address>``: accept, or this refusal.
 
-    def resolve(self, address: str) -> Resolution | Refusal:
+        A members-only bboard accepts the post when ``user`` (the client's
+        authenticated user, for submission) or else the envelope ``sender``
+        is one of its members; with neither, it refuses (fail closed).
+        """
+        return self.resolve(address, sender=sender or "", user=user)
+
+    def resolve(self, address: str, *, sender: str | None = None,
+                user: str | None = None) -> Resolution | Refusal:
+        """What ``address`` means.  ``sender``/``user``: see :meth:`resolve_for_rcpt`;
+        when both are None (filing) a bboard's admission is not checked again."""
         a = parse_address(address)
         if a is None:
             return Refusal(address, Reason.BAD_ADDRESS)
         if a.domain is not None and a.domain.lower().rstrip(".") not in self.domains:
             return Refusal(a.raw, Reason.NOT_LOCAL)
         if self.bboard_prefix and a.local.lower().startswith(self.bboard_prefix):
-            return Refusal(a.raw, Reason.BBOARD)
+            try:
+                return self._resolve_bboard(a.raw, a.local[len(self.bboard_prefix):].lower(),
+                                            sender, user)
+            except TEMPORARY_ERRORS as e:
+                return Refusal(a.raw, Reason.TEMPORARY, _describe(e))
         base, detail = a.local, ""
         if self.delimiter and self.delimiter in base:
             base, detail = base.split(self.delimiter, 1)
@@ -252,6 +307,34 @@ class Resolver:
         if not targets:
             return Refusal(raw, Reason.DISABLED)
         return Resolution(raw, base, detail, tuple(targets), tuple(skipped))
+
+    def _resolve_bboard(self, raw: str, name: str, sender: str | None, user: str | None,
+                        ) -> Resolution | Refusal:
+        try:
+            info = self.boards.lookup(validate_board_name(name))
+        except (UsageError, NotFound):
+            return Refusal(raw, Reason.UNKNOWN_BBOARD, name)
+        if (sender is not None or user is not None) and info.post == "members":
+            posters = [user] if user is not None else self._sender_users(sender or "")
+            if not any(self.boards.can_post(info, u) for u in posters):
+                who = user if user is not None else f"<{sender}>"
+                return Refusal(raw, Reason.BBOARD_DENIED, f"{who} is not a member of {name}")
+        pending = info.post == "moderated"  # by mail, always (see the module docstring)
+        path, log_id = ((info.pending_path, info.pending_id) if pending
+                        else (info.posts_path, info.id))
+        target = BboardTarget(f"bboard:{name}", info.id, "pending" if pending else "posts",
+                              path, log_id, board=name, pending=pending)
+        return Resolution(raw, self.bboard_prefix + name, "", (target,))
+
+    def _sender_users(self, sender: str) -> list[str]:
+        """The enabled local users an envelope sender names (none if not local)."""
+        a = parse_address(sender)
+        if a is None or a.domain is None or a.domain.lower().rstrip(".") not in self.domains:
+            return []
+        base = a.local
+        if self.delimiter and self.delimiter in base:
+            base = base.split(self.delimiter, 1)[0]
+        return [u.name for u in self.users.resolve(base.lower()) if not u.disabled]
 
     def _mailbox(self, user: User, detail: str) -> Mailbox:
         try:
@@ -280,6 +363,7 @@ def _describe(e: BaseException) -> str:
 
 __all__ = [
     "EX_CONFIG", "EX_DATAERR", "EX_NOUSER", "EX_OK", "EX_SOFTWARE", "EX_TEMPFAIL",
-    "EX_UNAVAILABLE", "REFUSALS", "TEMPORARY_ERRORS", "Address", "Forward", "Mailbox",
+    "EX_UNAVAILABLE", "REFUSALS", "TEMPORARY_ERRORS", "Address", "BboardTarget", "Forward",
+    "Mailbox",
     "Reason", "Refusal", "ReplySpec", "Resolution", "Resolver", "Target", "parse_address",
 ]

@@ -8,6 +8,10 @@ Policy, on top of the generic driver (gateways._smtp_server):
   store that cannot be read ``451 4.3.0``.  Answers are reused for
   ``RCPT_CACHE_SECONDS``; the worker resolves again when it files, so a
   user removed meanwhile gets nothing filed, only a late refusal.
+- A bboard posting address (``bb+NAME@domain``) is accepted when the board
+  exists (``550 5.1.1`` if not) and, for a members-only board, the envelope
+  sender is a local member (``550 5.7.1`` if not); its cached answer is
+  kept per sender.  Moderated boards take the mail into their pending log.
 - At the end of DATA a Received: header is prepended and the message and
   its envelope are written to this host's staging dir, fsynced and renamed
   into a spool shard (ams.store.spool).  Only then is ``250`` sent.  A full
@@ -55,14 +59,16 @@ class MXPolicy(Policy):
     async def mail_from(self, s: Session, ev: MailFrom) -> Reply | None:
         return None
 
-    async def _resolve(self, address: str) -> Resolution | Refusal:
+    async def _resolve(self, address: str, sender: str) -> Resolution | Refusal:
         """Resolve, reusing a fresh answer without a trip to a worker thread."""
         key = address.lower()
+        if self.resolver.is_bboard(address):  # a bboard's answer depends on the sender
+            key += "\0" + sender.lower()
         now = trio.current_time()
         hit = self._rcpt_cache.get(key)
         if hit is not None and hit[0] > now:
             return hit[1]
-        result = await trio.to_thread.run_sync(self.resolver.resolve_for_rcpt, address)
+        result = await trio.to_thread.run_sync(self.resolver.resolve_for_rcpt, address, sender)
         if isinstance(result, Refusal) and not result.permanent:
             return result  # a temporary failure is not remembered
         if len(self._rcpt_cache) >= RCPT_CACHE_ENTRIES:
@@ -71,7 +77,7 @@ class MXPolicy(Policy):
         return result
 
     async def rcpt_to(self, s: Session, ev: RcptTo) -> Reply | None:
-        result = await self._resolve(ev.address)
+        result = await self._resolve(ev.address, s.mail_from)
         if isinstance(result, Refusal):
             spec = result.reply
             log.info("%s: RCPT %s refused: %s", s.peer, ev.address, result)

@@ -18,7 +18,6 @@ from delivery import (
     EX_NOUSER,
     EX_OK,
     EX_TEMPFAIL,
-    EX_UNAVAILABLE,
     deliver_command,
     deliver_main,
 )
@@ -85,7 +84,7 @@ def test_mbox_from_line_and_missing_sender(tmp_path: Path) -> None:
     (["cat@example.test"], EX_NOUSER, "user disabled"),
     (["ann@far.test"], EX_NOUSER, "not a local domain"),
     (["bad address@example.test"], EX_NOUSER, "bad address"),
-    (["bb+news@example.test"], EX_UNAVAILABLE, "bboard delivery not available yet"),
+    (["bb+news@example.test"], EX_NOUSER, "no such bulletin board"),
     ([], 64, "no recipient"),
 ])
 def test_refused_recipients_file_nothing(tmp_path: Path, rcpts: list[str], code: int,

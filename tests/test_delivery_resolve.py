@@ -10,7 +10,6 @@ from ams.store import Store, UserRegistry
 from delivery import (
     EX_NOUSER,
     EX_TEMPFAIL,
-    EX_UNAVAILABLE,
     REFUSALS,
     Forward,
     Mailbox,
@@ -74,8 +73,8 @@ def targets(r: Resolution | Refusal) -> list[str] | str:
     ("alice@[127.0.0.1]", "NOT_LOCAL"),
     ("carol@example.test", "DISABLED"),
     ("team@example.test", "DISABLED"),                # an alias of disabled users only
-    ("bb+news@example.test", "BBOARD"),
-    ("BB+news@example.test", "BBOARD"),
+    ("bb+news@example.test", "UNKNOWN_BBOARD"),       # bboards: tests/test_bboard_mail.py
+    ("BB+news@example.test", "UNKNOWN_BBOARD"),
     ("bb@example.test", ["bb:INBOX"]),                # a user named bb is still a user
     ("", "BAD_ADDRESS"),
     ("@example.test", "BAD_ADDRESS"),
@@ -103,11 +102,11 @@ def test_resolution_details(world: tuple[Store, UserRegistry, Resolver]) -> None
     assert resolver.is_local("x@OTHER.example") and not resolver.is_local("x@far.test")
 
 
-def test_bboard_refusal_says_not_available(world: tuple[Store, UserRegistry, Resolver]) -> None:
+def test_unknown_bboard_refusal(world: tuple[Store, UserRegistry, Resolver]) -> None:
     r = world[2].resolve("bb+news@example.test")
     assert isinstance(r, Refusal) and r.permanent
-    assert "bboard delivery not available yet" in str(r)
-    assert (r.reply.code, r.reply.enhanced, r.exit_code) == (550, "5.3.3", EX_UNAVAILABLE)
+    assert "no such bulletin board" in str(r)
+    assert (r.reply.code, r.reply.enhanced, r.exit_code) == (550, "5.1.1", EX_NOUSER)
 
 
 def test_refusal_replies_are_one_table() -> None:
@@ -196,11 +195,11 @@ def test_failure_notice_shape() -> None:
     original = b"From: me@example.test\r\nSubject: plans\r\n\r\nsecret body\r\n"
     n = failure_notice(entry_id="E1", sender="me@example.test",
                        failures=[Refusal("x@example.test", Reason.UNKNOWN_USER),
-                                 Refusal("bb+n@example.test", Reason.BBOARD)],
+                                 Refusal("bb+n@example.test", Reason.UNKNOWN_BBOARD)],
                        original=original, domain="example.test", now=0)
     head, _, body = n.partition(b"\r\n\r\n")
     assert b"To: <me@example.test>" in head and b"Auto-Submitted: auto-replied" in head
     assert b"<x@example.test>: unknown user" in body
-    assert b"<bb+n@example.test>: bboard delivery not available yet" in body
+    assert b"<bb+n@example.test>: no such bulletin board" in body
     assert b"Subject: plans" in body and b"secret body" not in body
     assert b"\n" not in n.replace(b"\r\n", b"")

@@ -182,7 +182,7 @@ async def test_permanent_failures_do_not_block_others(
     (notice,) = messages(reg, "ben")
     assert notice.startswith(b"Return-Path: <>\r\nDelivered-To: ben@example.test\r\n")
     for needle in (b"<nobody@example.test>: unknown user",
-                   b"<bb+news@example.test>: bboard delivery not available yet",
+                   b"<bb+news@example.test>: no such bulletin board",
                    b"<cat@example.test>: user disabled", b"Subject: p"):
         assert needle in notice
     text = caplog.text

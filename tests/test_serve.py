@@ -66,7 +66,7 @@ def _drive(proc: subprocess.Popen[str], tmp_path: Path) -> None:
 
     (msg,) = wait_for(filed, what="the message in demo's INBOX")
     assert b"Subject: hello demo" in msg and b"Delivered-To: demo@example.test" in msg
-    assert len(Spool(store).live_workers()) == 2
+    assert len(Spool(store).live_workers("in")) == 2
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=30) == 0
     assert Spool(store).live_workers() == []

@@ -22,11 +22,14 @@ Handler = Callable[[argparse.Namespace], int]
 def _handlers() -> dict[str, Handler]:
     from ams.cli import _commands as c
     from ams.cli import _serve as s
+    from ams.cli._bboard import cmd_bboard
     table: dict[str, Handler] = {
+        "bboard": cmd_bboard,
         "init": c.cmd_init, "user": c.cmd_user, "mailbox": c.cmd_mailbox, "fsck": c.cmd_fsck,
         "status": c.cmd_status, "reindex": c.cmd_reindex, "queue": c.cmd_queue,
         "serve": s.cmd_serve,
         "mx": s.cmd_mx, "imap": s.cmd_imap, "worker": s.cmd_worker, "deliver": s.cmd_deliver,
+        "submission": s.cmd_submission, "gateway": s.cmd_gateway,
     }
     return table
 

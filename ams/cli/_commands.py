@@ -159,6 +159,9 @@ def cmd_fsck(args: argparse.Namespace) -> int:
 def status_report(store: Store) -> dict[str, Any]:
     spool = Spool(store)
     queues = {q: {place.name.lower(): spool.depth(q, place) for place in Place} for q in QUEUES}
+    from ams.store.outqueue import DeferredQueue
+    queues["deferred"] = {"queued": DeferredQueue(
+        spool, bucket_seconds=store.config.outbound.bucket_seconds).depth()}
     now = time.time()
     workers = [{"id": w.id, "host": w.host, "pid": w.pid, "queues": list(w.queues),
                 "started": w.started, "lease_left": round(w.expires - now, 1)}
@@ -182,6 +185,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_queue(args: argparse.Namespace) -> int:
     spool = Spool(open_store(args))
+    if args.queue == "deferred":
+        from ams.cli._outbound import cmd_queue_deferred
+        return cmd_queue_deferred(args, spool)
     failed = getattr(args, "failed", False)
     place = Place.FAILED if failed else (Place.CLAIMED if getattr(args, "claimed", False)
                                          else Place.QUEUED)
@@ -200,6 +206,9 @@ def cmd_queue(args: argparse.Namespace) -> int:
         print(f"id: {env.id}\nfrom: <{env.mail_from}>\nto: {', '.join(env.rcpt_to)}")
         print(f"received: {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(env.received_us / 1e6))}"
               f" on {env.host}\nsize: {len(entry.message)}\n")
+        if args.queue == "out":
+            from ams.cli._outbound import outbound_lines
+            print("recipients:\n" + "\n".join(outbound_lines(env)) + "\n")
         sys.stdout.flush()
         sys.stdout.buffer.write(entry.message)
         return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ams import __version__
+from ams.cli._bboard import add_bboard_arguments
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,12 +73,21 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--listen-smtp", metavar="HOST:PORT", help="MX listen address")
     sv.add_argument("--listen-imap", metavar="HOST:PORT", help="IMAP listen address")
     sv.add_argument("--workers", type=int, default=2, help="delivery workers (default 2)")
+    sv.add_argument("--listen-submission", metavar="HOST:PORT",
+                    help="submission listen address")
+    sv.add_argument("--gateways", type=int, default=1, help="outbound gateways (default 1)")
 
     mx = cmd("mx", "run the inbound MX")
     mx.add_argument("--listen", metavar="HOST:PORT", help="override listen.smtp")
 
     im = cmd("imap", "run an IMAP bridge")
     im.add_argument("--listen", metavar="HOST:PORT", help="override listen.imap")
+
+    sb = cmd("submission", "run SMTP submission for users (AUTH, after STARTTLS)")
+    sb.add_argument("--listen", metavar="HOST:PORT", help="override listen.submission")
+
+    g = cmd("gateway", "run outbound gateways (any number, on any host)")
+    g.add_argument("--count", type=int, default=1, help="gateways in this process")
 
     w = cmd("worker", "run delivery workers (any number, on any host)")
     w.add_argument("--count", type=int, default=1, help="workers in this process")
@@ -89,10 +99,13 @@ def build_parser() -> argparse.ArgumentParser:
     q = cmd("queue", "list, show, retry and delete spooled mail")
     qs = q.add_subparsers(dest="action", metavar="ACTION", required=True)
     for action, helptext in (("list", "list entries"), ("show", "show one entry"),
-                             ("retry", "move a failed entry back into its queue"),
+                             ("retry", "move a failed entry back into its queue "
+                                       "(deferred: try it now)"),
                              ("delete", "delete a queued or failed entry")):
         a = qs.add_parser(action, help=helptext, parents=[common])
-        a.add_argument("--queue", choices=["in", "out"], default="in")
+        a.add_argument("--queue", choices=["in", "out", "deferred"], default="in",
+                       help="in: to local users; out: to remote hosts; deferred: out, "
+                            "waiting for a retry")
         if action == "list":
             a.add_argument("--failed", action="store_true", help="the failed entries")
             a.add_argument("--claimed", action="store_true", help="entries workers hold")
@@ -103,4 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = cmd("status", "queue depths and live workers")
     s.add_argument("--json", action="store_true", help="machine-readable output")
+
+    add_bboard_arguments(cmd("bboard", "bulletin boards: create, post, read, subscribe, "
+                                       "moderate, expire"), common)
     return p

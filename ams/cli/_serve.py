@@ -1,4 +1,5 @@
-"""``ams serve`` and the single-role commands ``ams mx`` and ``ams worker``.
+"""``ams serve`` and the single-role commands: ``ams mx``, ``submission``,
+``gateway`` and ``worker``.
 
 ``ams serve`` runs every role that exists over one store in one process,
 which is the embedded default for a single machine.  With ``--root`` and no
@@ -65,7 +66,10 @@ def _ensure_store(cfg: Config) -> None:
           f"password {password} (also in {pw_file})")
 
 
-def _with_listen(cfg: Config, smtp: str | None = None, imap: str | None = None) -> Config:
+def _with_listen(cfg: Config, smtp: str | None = None, imap: str | None = None,
+                 submission: str | None = None) -> Config:
+    if submission:
+        cfg = cfg.replace(listen=dataclasses.replace(cfg.listen, submission=submission))
     if smtp:
         cfg = cfg.replace(listen=dataclasses.replace(cfg.listen, smtp=smtp))
     if imap:
@@ -73,19 +77,29 @@ def _with_listen(cfg: Config, smtp: str | None = None, imap: str | None = None) 
     return cfg
 
 
-async def serve_all(cfg: Config, *, workers: int,
+async def serve_all(cfg: Config, *, workers: int, gateways: int = 1,
                     task_status: trio.TaskStatus[dict[str, str]] = trio.TASK_STATUS_IGNORED,
                     ) -> None:
     """Every available role over ``cfg``'s store; reports the listen addresses."""
     from ams.imap import serve_imap
     from delivery import serve_workers
-    from gateways import serve_mx
+    from gateways import serve_gateways, serve_mx, serve_submission
 
     async with trio.open_nursery() as nursery:
         pool = await nursery.start(functools.partial(serve_workers, cfg, count=workers))
         listeners = await nursery.start(functools.partial(serve_mx, cfg, on_queued=pool.wake))
         imap = await nursery.start(functools.partial(serve_imap, cfg))
-        addrs = {"smtp": _addr(listeners[0]), "imap": _addr(imap[0])}
+        from bboard import serve_expiry
+        await nursery.start(serve_expiry, cfg)  # every bboard.expire_interval seconds
+        outbound = await nursery.start(functools.partial(serve_gateways, cfg, count=gateways))
+
+        def queued(queue: str) -> None:
+            (pool if queue == "in" else outbound).wake()
+
+        submission = await nursery.start(functools.partial(serve_submission, cfg,
+                                                           on_queued=queued))
+        addrs = {"smtp": _addr(listeners[0]), "imap": _addr(imap[0]),
+                 "submission": _addr(submission[0])}
         task_status.started(addrs)
 
 
@@ -94,16 +108,20 @@ def _addr(listener: trio.SocketListener) -> str:
     return f"{host}:{port}"
 
 
-async def _until_signalled(cfg: Config, workers: int) -> None:
+async def _until_signalled(cfg: Config, workers: int, gateways: int = 1) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
-            addrs = await nursery.start(functools.partial(serve_all, cfg, workers=workers))
+            addrs = await nursery.start(functools.partial(serve_all, cfg, workers=workers,
+                                                          gateways=gateways))
             domain = cfg.mail.domains[0] if cfg.mail.domains else "(no local domain)"
             print(f"AMS serving store {cfg.store.root} as host {cfg.host.name}")
             print(f"  SMTP (MX) for {', '.join(cfg.mail.domains) or domain}: {addrs['smtp']}")
             print(f"  IMAP: {addrs['imap']}")
+            print(f"  submission (AUTH required): {addrs['submission']}")
             print(f"  delivery workers: {workers}")
-            print("  submission, outbound gateways, bboards: not available in this version")
+            print(f"  outbound gateways: {gateways}")
+            every = cfg.bboard.expire_interval
+            print("  bboards: expiry " + (f"every {every:g} s" if every > 0 else "off"))
             print("Ctrl-C stops.", flush=True)
             async for _ in signals:
                 print("stopping…", flush=True)
@@ -112,10 +130,13 @@ async def _until_signalled(cfg: Config, workers: int) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    cfg = _with_listen(_config_for_serve(args), args.listen_smtp, args.listen_imap)
+    cfg = _with_listen(_config_for_serve(args), args.listen_smtp, args.listen_imap,
+                       args.listen_submission)
     _ensure_store(cfg)
     _logging()
-    trio.run(_until_signalled, cfg, args.workers)
+    if args.gateways < 1:
+        raise UsageError("--gateways must be at least 1")
+    trio.run(_until_signalled, cfg, args.workers, args.gateways)
     return 0
 
 
@@ -149,6 +170,17 @@ def cmd_imap(args: argparse.Namespace) -> int:
                       "IMAP")
 
 
+def cmd_submission(args: argparse.Namespace) -> int:
+    from gateways import serve_submission
+    return _serve_one(_with_listen(load_config(args.config), submission=args.listen),
+                      serve_submission, "SMTP submission")
+
+
+def cmd_gateway(args: argparse.Namespace) -> int:
+    from gateways import gateway_main
+    return gateway_main(load_config(args.config), args.count)
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     from delivery import worker_main
     return worker_main(load_config(args.config), args.count)
@@ -166,4 +198,5 @@ def _logging() -> None:
     logging.getLogger("ams.imap").setLevel(logging.getLogger("delivery").level)
 
 
-__all__ = ["cmd_deliver", "cmd_imap", "cmd_mx", "cmd_serve", "cmd_worker", "serve_all"]
+__all__ = ["cmd_deliver", "cmd_gateway", "cmd_imap", "cmd_mx", "cmd_serve", "cmd_submission",
+           "cmd_worker", "serve_all"]

@@ -26,7 +26,6 @@ import functools
 import logging
 import re
 import ssl
-import time
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -79,6 +78,7 @@ from ams.protocols.imap import (
 from ams.protocols.imap import responses as R
 from ams.store import FlagOp, UserRegistry
 from ams.store import Store as SharedStore
+from ams.throttle import Throttle
 
 log = logging.getLogger(__name__)
 
@@ -86,33 +86,10 @@ RECV_SIZE = 65536
 IDLE_POLL = 0.2
 #: Messages per worker-thread hop in FETCH; responses leave between hops.
 FETCH_CHUNK = 2000
-MAX_DELAY = 8.0
-FAILURE_MEMORY = 600.0
 PERMANENT_FLAGS = (*SYSTEM_FLAGS, "\\*")
 #: What the bridge advertises: only what it really implements.
 EXTENSIONS = DEFAULT_EXTENSIONS
 _OPS = {"replace": FlagOp.REPLACE, "add": FlagOp.ADD, "remove": FlagOp.REMOVE}
-
-
-class Throttle:
-    """Failed-login counts per key (client address, user name), decaying."""
-
-    def __init__(self) -> None:
-        self._fails: dict[str, list[float]] = {}
-
-    def delay(self, *keys: str) -> float:
-        now = time.monotonic()
-        worst = 0
-        for k in keys:
-            recent = [t for t in self._fails.get(k, []) if now - t < FAILURE_MEMORY]
-            self._fails[k] = recent
-            worst = max(worst, len(recent))
-        return 0.0 if worst == 0 else min(0.25 * 2 ** (worst - 1), MAX_DELAY)
-
-    def failed(self, *keys: str) -> None:
-        now = time.monotonic()
-        for k in keys:
-            self._fails.setdefault(k, []).append(now)
 
 
 class Bridge:

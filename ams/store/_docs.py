@@ -47,6 +47,10 @@ SECTIONS = [
     ("Mailbox lists", "ams.store.mailboxes"),
     ("Spool", "ams.store.spool"),
     ("Spool entries", "ams.store.spool_entry"),
+    ("Outgoing queue: per-recipient results and deferred buckets", "ams.store.outqueue"),
+    ("Bulletin boards: registry and board directories", "bboard._registry"),
+    ("Bulletin boards: posting, moderation, expiry", "bboard._boards"),
+    ("Bulletin boards: per-user state", "bboard._state"),
     ("Checking and repair", "ams.store.fsck"),
     ("The local index (per host, never on the shared store)", "ams.index._codec"),
 ]

@@ -7,6 +7,8 @@ an entry's shard is ``sha256(id)[:2]``)::
 
     in/SS/ID.aN                 the incoming queue (MX, LDA -> delivery workers)
     out/SS/ID.aN                the outgoing queue (submission -> outbound gateway)
+    deferred/H/T/SS/ID.aN       outgoing entries waiting for a retry, in time
+                                buckets (layout and rules: ams.store.outqueue)
     failed/QUEUE/SS/ID.aN       entries given up on, with beside each
     failed/QUEUE/SS/ID.reason   why (JSON sidecar)
     workers/WORKER              a worker's heartbeat (JSON, rewritten atomically)
@@ -30,9 +32,10 @@ moment; two workers then scan one shard and the rename decides.  Any worker
 may :meth:`Worker.reclaim_dead`: the claims of a worker whose lease expired
 more than ``clock_skew`` ago go back to their shards.
 
-Queues are named in :data:`QUEUES`; a queue is a directory of shards, so a
-later ``deferred`` queue kept in time buckets adds a name and a bucket rule
-here without changing the claim protocol.
+Queues are named in :data:`QUEUES`; a queue is a directory of shards.  The
+deferred entries of ``out`` are not a queue of their own: a gateway moves
+its claim into a time bucket (:meth:`Worker.move`) and the bucket's entries
+return to ``out`` when due, so the claim protocol is the same for both.
 
 Crash-safety invariants (cited in the code as ``[S1]`` ... ``[S8]``):
 
@@ -84,6 +87,7 @@ The entry file format and entry ids are specified in ams.store.spool_entry.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import errno
 import hashlib
@@ -312,29 +316,54 @@ class Spool:
                 client: Mapping[str, str] | None = None,
                 extra: Mapping[str, Any] | None = None) -> Envelope:
         """Make ``message`` durable in ``queue``; an SMTP 250 may follow [S1]."""
-        _check_queue(queue)
-        if not rcpt_to:
-            raise ValueError("a spool entry needs at least one recipient")
-        now = _fs.now_us()
-        env = Envelope(id=new_entry_id(self.store.host, now), mail_from=mail_from,
-                       rcpt_to=tuple(rcpt_to), received_us=now, host=self.store.host,
-                       client=dict(client or {}), extra=dict(extra or {}))
-        tmp = self.staging / f"{_STAGING_PREFIX}{env.id}.tmp"
+        (env,) = self.enqueue_many([(queue, Envelope(
+            id="", mail_from=mail_from, rcpt_to=tuple(rcpt_to), received_us=0, host="",
+            client=dict(client or {}), extra=dict(extra or {})), message)])
+        return env
+
+    def enqueue_many(self, items: Sequence[tuple[str, Envelope, bytes]]) -> list[Envelope]:
+        """Enqueue several entries (queue, envelope, message) nearly at once [S1].
+
+        Each envelope's ``id``, ``received_us`` and ``host`` are filled in
+        here.  Every entry is written and fsynced in staging before the first
+        is renamed into its queue, so a full disk or an I/O error while
+        writing leaves none of them queued; only a failing rename (which
+        allocates nothing) could leave some queued and not others.
+        """
+        envs: list[Envelope] = []
+        staged: list[tuple[Path, Path]] = []
+        try:
+            for queue, proto, message in items:
+                _check_queue(queue)
+                if not proto.rcpt_to:
+                    raise ValueError("a spool entry needs at least one recipient")
+                now = _fs.now_us()
+                env = dataclasses.replace(proto, id=new_entry_id(self.store.host, now),
+                                          received_us=now, host=self.store.host)
+                tmp = self.staging / f"{_STAGING_PREFIX}{env.id}.tmp"
+                staged.append((tmp, self.shard_dir(queue, shard_of_entry(env.id))
+                               / entry_name(env.id, 0)))
+                self.write_staged(tmp, env, message)
+                envs.append(env)
+            while staged:
+                self._rename_into(*staged[0])
+                staged.pop(0)
+        except BaseException:
+            for tmp, _ in staged:
+                _unlink_quiet(tmp)
+            raise
+        return envs
+
+    def write_staged(self, tmp: Path, env: Envelope, message: bytes) -> None:
+        """Write a whole entry file at ``tmp`` (a new name), fsynced if on."""
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
         try:
-            try:
-                _fs.write_all(fd, entry_head(env, message))
-                _fs.write_all(fd, message)
-                if self.sync:
-                    os.fsync(fd)
-            finally:
-                os.close(fd)
-            self._rename_into(tmp, self.shard_dir(queue, shard_of_entry(env.id))
-                              / entry_name(env.id, 0))
-        except BaseException:
-            _unlink_quiet(tmp)
-            raise
-        return env
+            _fs.write_all(fd, entry_head(env, message))
+            _fs.write_all(fd, message)
+            if self.sync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def _rename_into(self, src: Path, dst: Path) -> None:
         """rename, creating the destination dir on demand; fsync it if on."""
@@ -699,6 +728,12 @@ class Worker:
             "attempts": attempts, "worker": self.id}),
             staging_dir=self.spool.staging, sync=self.spool.sync)
         self._give(claim, d / entry_name(claim.entry_id, attempts), sync=self.spool.sync)
+
+    def move(self, claim: Claim, dst: Path, *, sync: bool = True) -> None:
+        """Move a claim out to ``dst`` in one rename, creating its dir on demand
+        (another place for entries, e.g. ams.store.outqueue's deferred
+        buckets) [S2]; ClaimLost if a reclaimer took it."""
+        self._give(claim, dst, sync=sync and self.spool.sync)
 
     def _give(self, claim: Claim, dst: Path, *, sync: bool) -> None:
         """Move a claim out of our claims dir to ``dst`` (one rename [S2])."""
