@@ -197,3 +197,25 @@ def test_first_without_a_flag_reads_one_bit(make_config: MakeConfig) -> None:
         ix.update(inbox)
         with ix.view(inbox.head().id) as view:
             assert view.first_without("\\Seen") is None
+
+
+def test_sessions_in_step_share_one_uid_array(make_config: MakeConfig) -> None:
+    from ams.imap._backend import Account
+
+    cfg, store = site(make_config)
+    add_users(store, "alice")
+    seed(store, "alice", 5)
+    inbox = UserRegistry(store).mailboxes("alice").open("INBOX")
+    with Index(cfg) as ix:
+        a = Account(store, ix, "alice").select("INBOX")
+        b = Account(store, ix, "alice").select("INBOX")
+        assert a.uids is b.uids and list(a.uids) == [1, 2, 3, 4, 5]
+        inbox.append([NewMessage(b"Subject: n\r\n\r\nn\r\n", internal_date=1_700_000_600)])
+        inbox.expunge([2])
+        ch = a.refresh()
+        assert ch.expunged == [2] and ch.exists == 5 and list(a.uids) == [1, 3, 4, 5, 6]
+        assert list(b.uids) == [1, 2, 3, 4, 5]  # b has not been told: its view stays
+        b.refresh(allow_expunge=False)           # held back (RFC 3501 §7.4.1)
+        assert list(b.uids) == [1, 2, 3, 4, 5]
+        b.refresh()
+        assert a.uids is b.uids

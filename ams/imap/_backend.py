@@ -29,8 +29,11 @@ calls each in a worker thread, one per command.
 from __future__ import annotations
 
 import bisect
+import threading
 import time
-from collections.abc import Iterable, Sequence
+import weakref
+from array import array
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from ams.errors import AlreadyExists, NotFound, UsageError
@@ -162,12 +165,13 @@ class Selected:
         self.readonly = readonly
         self.index.update(log)
         self.log_id = log.head().id
-        st = self._status()
+        with self.index.view(self.log_id) as view:
+            st = view.status()
+            self.uids: Sequence[int] = _shared(self.log_id, st.uidvalidity,
+                                               st.highest_modseq, view.uids)
         self.uidvalidity = st.uidvalidity
         self.uidnext = st.uidnext
         self.highest_modseq = st.highest_modseq
-        with self.index.view(self.log_id) as view:
-            self.uids: list[int] = view.uids()
 
     def _status(self):  # type: ignore[no-untyped-def]
         st = self.index.status(self.log_id)
@@ -199,31 +203,40 @@ class Selected:
         are left for a later refresh, and so is anything after them.
         """
         self.index.update(self.log)
-        st = self._status()
         ch = Changes()
-        if st.uidvalidity != self.uidvalidity:
-            ch.uidvalidity_changed = True
-            return ch
-        if st.highest_modseq == self.highest_modseq:
-            return ch
         with self.index.view(self.log_id) as view:
+            st = view.status()
+            if st.uidvalidity != self.uidvalidity:
+                ch.uidvalidity_changed = True
+                return ch
+            if st.highest_modseq == self.highest_modseq:
+                return ch
             changed = view.changed_since(self.highest_modseq)
             known = set(self.uids)
             new_uids = sorted(u for u, _ in changed if u not in known)
-            if st.messages != len(self.uids) + len(new_uids):
+            uids = self.uids
+            if st.messages != len(uids) + len(new_uids):
                 if not allow_expunge:
                     return self._flags_only(view, changed, known, ch)
                 current = set(view.uids())
-                gone = [i for i, u in enumerate(self.uids) if u not in current]
+                gone = [i for i, u in enumerate(uids) if u not in current]
+                if gone:
+                    uids = array("I", uids)  # the old one may be shared
                 for i in reversed(gone):
                     ch.expunged.append(i + 1)
-                    ch.expunged_uids.append(self.uids[i])
-                    del self.uids[i]
-                known = set(self.uids)
+                    ch.expunged_uids.append(uids[i])
+                    del uids[i]
+                known = set(uids)
+            self.uids = uids
             self._flags_only(view, changed, known, ch)
             if new_uids:
-                self.uids.extend(new_uids)
-                ch.exists = len(self.uids)
+                uids = array("I", uids)
+                uids.extend(new_uids)
+                ch.exists = len(uids)
+            # In step with the index again: share the list with the other
+            # sessions on this mailbox at this point.
+            self.uids = _shared(self.log_id, st.uidvalidity, st.highest_modseq,
+                                lambda: uids)
         self.highest_modseq = st.highest_modseq
         self.uidnext = st.uidnext
         return ch
@@ -317,6 +330,28 @@ class Selected:
                           flags=tuple(sorted(m.flags))) for _, m in msgs]
         res = dlog.append(new)
         return dlog.head().uidvalidity, [m.uid for _, m in msgs], [a.uid for a in res]
+
+
+#: (log id, UIDVALIDITY, HIGHESTMODSEQ) -> the UIDs at that point, shared by
+#: every session of this process in step with it: a thousand clients idling on
+#: one mailbox hold one array of 4-octet UIDs, not a thousand lists.  Arrays
+#: here are never changed in place; a session that moves on builds a new one.
+_SNAPSHOTS: weakref.WeakValueDictionary[tuple[str, int, int], array[int]] = (
+    weakref.WeakValueDictionary())
+_SNAPSHOTS_LOCK = threading.Lock()
+
+
+def _shared(log_id: str, uidvalidity: int, modseq: int,
+            load: Callable[[], Sequence[int]]) -> array[int]:
+    key = (log_id, uidvalidity, modseq)
+    with _SNAPSHOTS_LOCK:
+        got = _SNAPSHOTS.get(key)
+    if got is not None:
+        return got
+    uids = load()
+    made = uids if isinstance(uids, array) else array("I", uids)
+    with _SNAPSHOTS_LOCK:
+        return _SNAPSHOTS.setdefault(key, made)
 
 
 def _apply(old: frozenset[str], op: FlagOp, flags: Sequence[str]) -> frozenset[str]:

@@ -84,6 +84,8 @@ log = logging.getLogger(__name__)
 
 RECV_SIZE = 65536
 IDLE_POLL = 0.2
+#: Password verifications running at once in one bridge.
+PASSWORD_CHECKS = 2
 #: Messages per worker-thread hop in FETCH; responses leave between hops.
 FETCH_CHUNK = 2000
 PERMANENT_FLAGS = (*SYSTEM_FLAGS, "\\*")
@@ -105,6 +107,9 @@ class Bridge:
         self.throttle = Throttle()
         self.cache = FetchCache()
         self.watcher = Watcher(self.index, IDLE_POLL)
+        #: Password hashing is slow and takes tens of MiB on purpose: a burst
+        #: of logins waits here instead of holding that memory many times over.
+        self.password_checks = trio.CapacityLimiter(PASSWORD_CHECKS)
 
     def close(self) -> None:
         self.index.close()
@@ -213,7 +218,8 @@ class Session:
     async def login(self, tag: str, user: str, password: str) -> None:
         name = user.lower()
         keys = (f"addr:{self.peer.rsplit(':', 1)[0]}", f"user:{name}")
-        ok = await self.thread(self.bridge.users.verify_password, name, password)
+        ok = await trio.to_thread.run_sync(self.bridge.users.verify_password, name, password,
+                                           limiter=self.bridge.password_checks)
         if not ok:
             self.bridge.throttle.failed(*keys)
             await trio.sleep(self.bridge.throttle.delay(*keys))
