@@ -335,6 +335,7 @@ class Results:
     notes: list[str] = field(default_factory=list)
     peer_version: str = ""
     dovecot_note: str | None = None  # why there is no peer figure
+    search_hits: int = 0  # messages that hold the search word
     load_before: tuple[float, float, float] = (0.0, 0.0, 0.0)
     load_after: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
@@ -629,12 +630,13 @@ def run(args: argparse.Namespace, procs: Processes, progress: Progress, res: Res
         if d is not None:
             res.peer_version = dv.version()
         import_all(args, setup, progress)
+        boxes = [f"{t.n:,} messages ({t.bytes_lf / 1e6:,.0f} MB with LF line ends) for "
+                 f"`{u}`" for u, t in ((BIG_USER, setup.big), (SEARCH_USER, setup.small)) if t.n]
         res.notes.append(
-            f"Import: {setup.big.n:,} messages (user `{BIG_USER}`, {setup.big.bytes_lf / 1e6:,.0f}"
-            f" MB with LF line ends) and {setup.small.n:,} (user `{SEARCH_USER}`) in "
-            f"{setup.import_s['total']:.0f} s, of which AMS `MailboxLog.append` "
-            f"{setup.import_s['AMS']:.1f} s, Maildir files {setup.import_s['Dovecot']:.1f} s "
-            f"(the rest is making the messages).")
+            f"Import: {' and '.join(boxes)} in {setup.import_s['total']:.0f} s, of which AMS "
+            f"`MailboxLog.append` {setup.import_s['AMS']:.1f} s and Maildir files "
+            f"{setup.import_s['Dovecot']:.1f} s (the rest is making the messages).")
+        res.search_hits = len(setup.small.word)
         servers: dict[str, int] = {}
         if {"fetch", "search"} & set(args.only):
             bridge = Bridge(setup, procs, "bridge")
@@ -823,7 +825,7 @@ def report(res: Results, args: argparse.Namespace, argv: list[str], elapsed: flo
                  (f"{OP_ENVELOPE}, {n}", OP_ENVELOPE, ENVELOPE_TARGET)]
     if "search" in args.only:
         n = f"{args.search_messages:,} messages"
-        rows += [(f"{OP_SEARCH}, {n}", OP_SEARCH, None),
+        rows += [(f"{OP_SEARCH} ({res.search_hits:,} matches), {n}", OP_SEARCH, None),
                  (f"{OP_SEARCH_NONE}, {n}", OP_SEARCH_NONE, None)]
     for label, op, target in rows:
         a, b = res.ops.get((op, "AMS")), res.ops.get((op, "Dovecot"))
@@ -950,7 +952,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     q = args.quick
-    args.runs = args.runs or (1 if q else 3)
+    args.runs = args.runs if args.runs is not None else (1 if q else 3)
     args.messages = args.messages if args.messages is not None else (2000 if q else 100_000)
     args.search_messages = (args.search_messages if args.search_messages is not None
                             else (1000 if q else 10_000))
