@@ -14,6 +14,10 @@ import time
 
 MAX_DELAY = 8.0
 FAILURE_MEMORY = 600.0
+#: Password verifications one server runs at once: hashing is slow and takes
+#: tens of MiB on purpose, so a burst of logins waits instead of holding that
+#: memory many times over.
+PASSWORD_CHECKS = 2
 
 
 class Throttle:
@@ -37,4 +41,4 @@ class Throttle:
             self._fails.setdefault(k, []).append(now)
 
 
-__all__ = ["FAILURE_MEMORY", "MAX_DELAY", "Throttle"]
+__all__ = ["FAILURE_MEMORY", "MAX_DELAY", "PASSWORD_CHECKS", "Throttle"]

@@ -46,7 +46,7 @@ from ams.errors import AMSError
 from ams.protocols.smtp import AuthRequest, EndOfData, MailFrom, RcptTo, Reply
 from ams.protocols.smtp import replies as R
 from ams.store import Envelope, NewMessage, Spool, Store, UserRegistry
-from ams.throttle import Throttle
+from ams.throttle import PASSWORD_CHECKS, Throttle
 from delivery import Refusal, Resolver, parse_address
 from delivery._filing import header_section, local_offset_minutes
 from gateways._mx import mx_options
@@ -70,6 +70,7 @@ class SubmissionPolicy(Policy):
         self.spool = Spool(store)
         self.on_queued = on_queued
         self.throttle = Throttle()
+        self.password_checks = trio.CapacityLimiter(PASSWORD_CHECKS)
 
     # -- AUTH ----------------------------------------------------------------------
 
@@ -86,7 +87,8 @@ class SubmissionPolicy(Policy):
         keys = (f"addr:{s.peer.rsplit(':', 1)[0]}", f"user:{name}")
         ok = not ev.authzid or self.user_name(ev.authzid) == name
         if ok:
-            ok = await trio.to_thread.run_sync(self.users.verify_password, name, ev.password)
+            ok = await trio.to_thread.run_sync(self.users.verify_password, name, ev.password,
+                                               limiter=self.password_checks)
         if not ok:
             self.throttle.failed(*keys)
             await trio.sleep(self.throttle.delay(*keys))

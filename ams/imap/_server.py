@@ -78,14 +78,12 @@ from ams.protocols.imap import (
 from ams.protocols.imap import responses as R
 from ams.store import FlagOp, UserRegistry
 from ams.store import Store as SharedStore
-from ams.throttle import Throttle
+from ams.throttle import PASSWORD_CHECKS, Throttle
 
 log = logging.getLogger(__name__)
 
 RECV_SIZE = 65536
 IDLE_POLL = 0.2
-#: Password verifications running at once in one bridge.
-PASSWORD_CHECKS = 2
 #: Messages per worker-thread hop in FETCH; responses leave between hops.
 FETCH_CHUNK = 2000
 PERMANENT_FLAGS = (*SYSTEM_FLAGS, "\\*")
@@ -107,8 +105,6 @@ class Bridge:
         self.throttle = Throttle()
         self.cache = FetchCache()
         self.watcher = Watcher(self.index, IDLE_POLL)
-        #: Password hashing is slow and takes tens of MiB on purpose: a burst
-        #: of logins waits here instead of holding that memory many times over.
         self.password_checks = trio.CapacityLimiter(PASSWORD_CHECKS)
 
     def close(self) -> None:
