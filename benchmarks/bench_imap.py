@@ -2,7 +2,7 @@
 
 Run from the repository root (as root, on Debian, for the peer)::
 
-    python -m benchmarks.bench_imap                  # full size: 15-30 minutes on 2 cores
+    python -m benchmarks.bench_imap                  # full size: 8-15 minutes on 2 cores
     python -m benchmarks.bench_imap --quick          # small sizes, 1 run: a smoke test
     python -m benchmarks.bench_imap --only fetch --runs 5
     python -m benchmarks.bench_imap --only idle --idle-connections 1000
