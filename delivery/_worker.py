@@ -39,19 +39,16 @@ from __future__ import annotations
 import logging
 import os
 import random
-import signal
-import sys
-from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import trio
 
 from ams.config import Config
-from ams.errors import AMSError, LockLost, StoreError, UsageError
+from ams.errors import StoreError
 from ams.store import ClaimLost, Disposition, Spool, Store, Worker
 from delivery._batch import Deliverer, Job
+from delivery._pool import SpoolPool, pool_main
 
 log = logging.getLogger("delivery.worker")
 
@@ -70,90 +67,19 @@ class PoolOptions:
     retry_max: float = 60.0
 
 
-class WorkerPool:
+class WorkerPool(SpoolPool):
     """Workers of one process; what :func:`serve_workers` reports when started."""
 
+    queue = "in"
+    role = "delivery worker"
+
     def __init__(self, config: Config, count: int, options: PoolOptions | None = None) -> None:
-        if count < 1:
-            raise UsageError("a worker pool needs at least one worker")
         self.config = config
-        self.count = count
         self.options = options or PoolOptions()
         self.store = Store(config)
         self.store.check()
-        self.spool = Spool(self.store)
+        super().__init__(Spool(self.store), count)
         self.deliverer = Deliverer(self.store, self.spool)
-        self._workers: list[Worker | None] = [None] * count
-        self._wake = trio.Event()
-
-    @property
-    def worker_ids(self) -> list[str]:
-        """The ids the workers are registered under now."""
-        return [w.id for w in self._workers if w is not None]
-
-    def wake(self) -> None:
-        """New mail is in the spool: stop idling now (call from the trio thread)."""
-        self._wake.set()
-        self._wake = trio.Event()
-
-    async def run(self, *, task_status: trio.TaskStatus[WorkerPool] = trio.TASK_STATUS_IGNORED,
-                  ) -> None:
-        workers: list[Worker] = []
-        try:
-            for _ in range(self.count):
-                workers.append(await trio.to_thread.run_sync(self.spool.register_worker, ("in",)))
-        except BaseException:
-            with trio.CancelScope(shield=True):
-                for w in workers:
-                    await trio.to_thread.run_sync(_close, w)
-            raise
-        await trio.to_thread.run_sync(self.spool.clean_staging)
-        log.info("%d delivery workers up: %s", len(workers), " ".join(w.id for w in workers))
-        async with trio.open_nursery() as nursery:
-            for slot, w in enumerate(workers):
-                self._workers[slot] = w
-                nursery.start_soon(self._supervise, slot, w)
-            task_status.started(self)
-
-    # -- one worker ------------------------------------------------------------------
-
-    async def _supervise(self, slot: int, worker: Worker) -> None:
-        while True:
-            self._workers[slot] = worker
-            try:
-                await self._serve(worker)
-            except* LockLost as eg:
-                log.warning("worker %s lost its lease (%s); registering again", worker.id,
-                            eg.exceptions[0])
-            finally:
-                with trio.CancelScope(shield=True):
-                    await trio.to_thread.run_sync(_close, worker)
-                self._workers[slot] = None
-            worker = await self._register()
-
-    async def _register(self) -> Worker:
-        delay = 1.0
-        while True:
-            try:
-                return await trio.to_thread.run_sync(self.spool.register_worker, ("in",))
-            except (OSError, StoreError) as e:
-                log.warning("could not register a worker (%s); retrying in %.0f s", e, delay)
-                await trio.sleep(delay)
-                delay = min(delay * 2, 30.0)
-
-    async def _serve(self, worker: Worker) -> None:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._heartbeat, worker)
-            await self._work(worker, nursery)
-
-    async def _heartbeat(self, worker: Worker) -> None:
-        interval = max(self.spool.lease / 3, 0.01)
-        while True:
-            await trio.sleep(interval)
-            try:
-                await trio.to_thread.run_sync(partial(worker.heartbeat, force=True))
-            except OSError as e:  # LockLost propagates: the lease is gone
-                log.warning("could not renew the heartbeat of %s: %s", worker.id, e)
 
     async def _work(self, worker: Worker, nursery: trio.Nursery) -> None:
         opts = self.options
@@ -176,15 +102,6 @@ class WorkerPool:
             with trio.move_on_after(delay) as cs:
                 await event.wait()
             delay = min(delay * 2, opts.idle_max) if cs.cancelled_caught else opts.idle_min
-
-    async def _call(self, fn: Callable[..., T], *args: Any) -> T | None:
-        """A spool call whose failure is logged and retried by the loop."""
-        try:
-            return await trio.to_thread.run_sync(fn, *args)
-        except (OSError, StoreError) as e:
-            log.warning("%s failed: %s", getattr(fn, "__name__", fn), e)
-            await trio.sleep(self.options.idle_max)
-            return None
 
     async def _release_later(self, worker: Worker, job: Job) -> None:
         """Back off, then release a temporarily failed entry (counted) [S4]."""
@@ -210,13 +127,6 @@ class WorkerPool:
             return
 
 
-def _close(worker: Worker) -> None:
-    try:
-        worker.close()
-    except OSError as e:
-        log.warning("could not close worker %s cleanly: %s", worker.id, e)
-
-
 async def serve_workers(config: Config, *, count: int = 1, options: PoolOptions | None = None,
                         task_status: trio.TaskStatus[WorkerPool] = trio.TASK_STATUS_IGNORED,
                         ) -> None:
@@ -232,49 +142,11 @@ async def serve_workers(config: Config, *, count: int = 1, options: PoolOptions 
 # -- the command -----------------------------------------------------------------------
 
 
-async def _run_until_signalled(config: Config, count: int) -> None:
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(partial(serve_workers, config, count=count))
-            async for signum in signals:
-                log.info("%s: finishing the messages in hand, then exiting",
-                         signal.Signals(signum).name)
-                nursery.cancel_scope.cancel()
-                break
-
-
 def worker_main(config: Config, count: int) -> int:
     """``ams worker``: run ``count`` workers until SIGTERM or SIGINT; exit 0."""
     default_logging()
-    try:
-        if count < 1:
-            raise UsageError("--count must be at least 1")
-        try:
-            trio.run(_run_until_signalled, config, count)
-        except BaseExceptionGroup as eg:
-            raise _sole(eg) from None
-    except UsageError as e:
-        print(f"ams worker: {e}", file=sys.stderr)
-        return 2
-    except (AMSError, OSError) as e:
-        print(f"ams worker: {e}", file=sys.stderr)
-        return 1
-    return 0
-
-
-def _sole(eg: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The one exception inside nested groups, or the group if there are several."""
-    leaves: list[BaseException] = []
-
-    def walk(e: BaseException) -> None:
-        if isinstance(e, BaseExceptionGroup):
-            for sub in e.exceptions:
-                walk(sub)
-        else:
-            leaves.append(e)
-
-    walk(eg)
-    return leaves[0] if len(leaves) == 1 else eg
+    return pool_main("worker", serve_workers, config, count,
+                     leaving="finishing the messages in hand")
 
 
 def default_logging() -> None:

@@ -50,8 +50,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import signal
-import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -61,16 +59,15 @@ import trio
 
 from ams.config import Config
 from ams.errors import (
-    AMSError,
     CorruptionError,
     FormatVersionError,
     LockLost,
-    StoreError,
     UsageError,
 )
 from ams.store import Claim, ClaimLost, Entry, Spool, Store, Worker
 from ams.store.outqueue import DeferredQueue, OutboundState, Result
 from delivery import Resolver, default_logging
+from delivery._pool import SpoolPool, pool_main
 from delivery._resolve import TEMPORARY_ERRORS
 from gateways._dsn import build_dsn
 from gateways._routes import Router, normal_domain
@@ -114,20 +111,20 @@ def _fmt(res: Result) -> str:
     return " ".join(res.reply.split())
 
 
-class GatewayPool:
+class GatewayPool(SpoolPool):
     """The gateways of one process; what :func:`serve_gateways` reports when started."""
+
+    queue = "out"
+    role = "outbound gateway"
 
     def __init__(self, config: Config, count: int, options: GatewayOptions | None = None, *,
                  router: Router | None = None) -> None:
-        if count < 1:
-            raise UsageError("a gateway pool needs at least one gateway")
         self.config = config
         self.out = config.outbound
-        self.count = count
         self.options = options or GatewayOptions()
         self.store = Store(config)
         self.store.check()
-        self.spool = Spool(self.store)
+        super().__init__(Spool(self.store), count)
         self.deferred = DeferredQueue(self.spool, bucket_seconds=self.out.bucket_seconds)
         try:
             self.router = router or Router(self.out)
@@ -143,76 +140,9 @@ class GatewayPool:
             starttls=self.out.starttls,
             tls_context=client_tls_context(self.out.tls_verify) if self.out.starttls else None)
         self.cache = ConnectionCache()
-        self._workers: list[Worker | None] = [None] * count
-        self._wake = trio.Event()
 
-    @property
-    def worker_ids(self) -> list[str]:
-        return [w.id for w in self._workers if w is not None]
-
-    def wake(self) -> None:
-        """New outgoing mail is queued: stop idling now (call from the trio thread)."""
-        self._wake.set()
-        self._wake = trio.Event()
-
-    async def run(self, *, task_status: trio.TaskStatus[GatewayPool] = trio.TASK_STATUS_IGNORED,
-                  ) -> None:
-        workers: list[Worker] = []
-        try:
-            for _ in range(self.count):
-                workers.append(await trio.to_thread.run_sync(self.spool.register_worker,
-                                                             ("out",)))
-        except BaseException:
-            with trio.CancelScope(shield=True):
-                for w in workers:
-                    await trio.to_thread.run_sync(_close, w)
-            raise
-        log.info("%d outbound gateways up: %s", len(workers), " ".join(w.id for w in workers))
-        try:
-            async with trio.open_nursery() as nursery:
-                for slot, w in enumerate(workers):
-                    self._workers[slot] = w
-                    nursery.start_soon(self._supervise, slot, w)
-                task_status.started(self)
-        finally:
-            await self.cache.aclose()
-
-    # -- one gateway -----------------------------------------------------------------
-
-    async def _supervise(self, slot: int, worker: Worker) -> None:
-        while True:
-            self._workers[slot] = worker
-            try:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._heartbeat, worker)
-                    await self._work(worker, nursery)
-            except* LockLost as eg:
-                log.warning("gateway %s lost its lease (%s); registering again", worker.id,
-                            eg.exceptions[0])
-            finally:
-                with trio.CancelScope(shield=True):
-                    await trio.to_thread.run_sync(_close, worker)
-                self._workers[slot] = None
-            worker = await self._register()
-
-    async def _register(self) -> Worker:
-        delay = 1.0
-        while True:
-            try:
-                return await trio.to_thread.run_sync(self.spool.register_worker, ("out",))
-            except (OSError, StoreError) as e:
-                log.warning("could not register a gateway (%s); retrying in %.0f s", e, delay)
-                await trio.sleep(delay)
-                delay = min(delay * 2, 30.0)
-
-    async def _heartbeat(self, worker: Worker) -> None:
-        interval = max(self.spool.lease / 3, 0.01)
-        while True:
-            await trio.sleep(interval)
-            try:
-                await trio.to_thread.run_sync(functools.partial(worker.heartbeat, force=True))
-            except OSError as e:  # LockLost propagates: the lease is gone
-                log.warning("could not renew the heartbeat of %s: %s", worker.id, e)
+    async def _stopped(self) -> None:
+        await self.cache.aclose()
 
     async def _work(self, worker: Worker, nursery: trio.Nursery) -> None:
         opts = self.options
@@ -250,15 +180,6 @@ class GatewayPool:
         if moved:
             log.info("%d deferred entries are due again", moved)
         return moved
-
-    async def _call(self, fn: Callable[..., T], *args: Any) -> T | None:
-        """A spool call whose failure is logged and retried by the loop."""
-        try:
-            return await trio.to_thread.run_sync(fn, *args)
-        except (OSError, StoreError) as e:
-            log.warning("%s failed: %s", getattr(fn, "__name__", fn), e)
-            await trio.sleep(self.options.idle_max)
-            return None
 
     # -- one entry -------------------------------------------------------------------
 
@@ -419,13 +340,6 @@ def _with_remote(res: Result, hop: object) -> Result:
     return res if res.remote else Result(res.status, res.code, res.reply, str(hop), res.at_us)
 
 
-def _close(worker: Worker) -> None:
-    try:
-        worker.close()
-    except OSError as e:
-        log.warning("could not close gateway %s cleanly: %s", worker.id, e)
-
-
 async def serve_gateways(config: Config, *, count: int = 1, options: GatewayOptions | None = None,
                          task_status: trio.TaskStatus[GatewayPool] = trio.TASK_STATUS_IGNORED,
                          ) -> None:
@@ -434,43 +348,12 @@ async def serve_gateways(config: Config, *, count: int = 1, options: GatewayOpti
     await pool.run(task_status=task_status)
 
 
-async def _run_until_signalled(config: Config, count: int) -> None:
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(functools.partial(serve_gateways, config, count=count))
-            async for signum in signals:
-                log.info("%s: returning the messages in hand, then exiting",
-                         signal.Signals(signum).name)
-                nursery.cancel_scope.cancel()
-                break
-
-
 def gateway_main(config: Config, count: int) -> int:
     """``ams gateway``: run ``count`` gateways until SIGTERM or SIGINT; exit 0."""
     default_logging()
     logging.getLogger("gateways").setLevel(logging.getLogger("delivery").level)
-    try:
-        if count < 1:
-            raise UsageError("--count must be at least 1")
-        try:
-            trio.run(_run_until_signalled, config, count)
-        except BaseExceptionGroup as eg:
-            leaves = _leaves(eg)
-            raise leaves[0] if len(leaves) == 1 else eg from None
-    except UsageError as e:
-        print(f"ams gateway: {e}", file=sys.stderr)
-        return 2
-    except (AMSError, OSError) as e:
-        print(f"ams gateway: {e}", file=sys.stderr)
-        return 1
-    return 0
-
-
-def _leaves(eg: BaseExceptionGroup[BaseException]) -> list[BaseException]:
-    out: list[BaseException] = []
-    for e in eg.exceptions:
-        out.extend(_leaves(e) if isinstance(e, BaseExceptionGroup) else [e])
-    return out
+    return pool_main("gateway", serve_gateways, config, count,
+                     leaving="returning the messages in hand")
 
 
 __all__ = ["GatewayOptions", "GatewayPool", "gateway_main", "serve_gateways"]

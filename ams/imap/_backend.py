@@ -173,12 +173,6 @@ class Selected:
         self.uidnext = st.uidnext
         self.highest_modseq = st.highest_modseq
 
-    def _status(self):  # type: ignore[no-untyped-def]
-        st = self.index.status(self.log_id)
-        if st is None:
-            raise NotFound(f"mailbox {self.name} has no index entry")
-        return st
-
     @property
     def exists(self) -> int:
         return len(self.uids)
@@ -273,9 +267,6 @@ class Selected:
 
     def read(self, m: IndexedMessage) -> bytes:
         return self.log.read_message(m.location)
-
-    def uid_range(self, seqs: Iterable[int]) -> list[int]:
-        return [self.uids[s - 1] for s in seqs if 1 <= s <= len(self.uids)]
 
     # -- changing ---------------------------------------------------------------------
 

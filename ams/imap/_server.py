@@ -428,10 +428,7 @@ class Session:
         return [(n, uids[n - 1]) for n in seqset.numbers(sel.exists, clip=True)]
 
     def _uids(self, seqset: SequenceSet, uid: bool) -> list[int]:
-        sel = self._selected()
-        if uid:
-            return _uids_in(sel.uids, seqset.resolve(sel.uids[-1] if sel.uids else 0))
-        return sel.uid_range(seqset.numbers(sel.exists, clip=True))
+        return [u for _, u in self._pairs(seqset, uid)]
 
     async def do_fetch(self, ev: Fetch) -> None:
         sel = self._selected()
@@ -584,16 +581,6 @@ class Session:
                 if watched is not None:
                     nursery.start_soon(change)
         return got[0] if got else None
-
-
-def _uids_in(uids: list[int], spans: tuple[range, ...]) -> list[int]:
-    """The members of the sorted ``uids`` that fall in ``spans``."""
-    out: list[int] = []
-    for r in spans:
-        lo = bisect.bisect_left(uids, r.start)
-        hi = bisect.bisect_left(uids, r.stop)
-        out.extend(uids[lo:hi])
-    return out
 
 
 def _requested(seqset: SequenceSet, sel: Selected) -> tuple[range, ...]:

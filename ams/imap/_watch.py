@@ -48,7 +48,8 @@ Signature = tuple[int, int, int, int]
 class Watched:
     """One log under watch; sessions wait on :meth:`changed`."""
 
-    def __init__(self, mailbox_log: MailboxLog) -> None:
+    def __init__(self, log_id: str, mailbox_log: MailboxLog) -> None:
+        self.log_id = log_id
         self.log = mailbox_log
         self.sessions = 0
         self.version = 0
@@ -80,7 +81,7 @@ class Watcher:
         """Register interest in a log for the duration of the block."""
         w = self._watched.get(log_id)
         if w is None:
-            w = self._watched[log_id] = Watched(mailbox_log)
+            w = self._watched[log_id] = Watched(log_id, mailbox_log)
         w.sessions += 1
         try:
             yield w
@@ -128,7 +129,7 @@ class Watcher:
         if sig == w.signature:
             return False
         self.index.update(w.log)
-        st = self.index.status(w.log.head().id)
+        st = self.index.status(w.log_id)
         if st is not None:
             w.segment = w.log.segment_path(st.position.generation, st.position.seq)
         w.signature = _signature(w.log.path / "head", w.segment)
