@@ -64,7 +64,7 @@ async def test_imaplib_through_the_commands(make_config: MakeConfig) -> None:
         assert names[0] == "INBOX" and {"Sent", "Trash", "Drafts", "Junk", "Archive"} <= set(names)
         assert any(b"\\Sent" in d for d in data)
         typ, data = c.namespace()
-        assert data == [b'(("" "/")) NIL NIL']
+        assert data == [b'(("" "/")) NIL (("Bboards/" "/"))']
         typ, data = c.select("INBOX")
         assert (typ, data) == ("OK", [b"5"])
         typ, data = c.fetch("1:2", "(UID FLAGS RFC822.SIZE INTERNALDATE ENVELOPE)")

@@ -35,12 +35,18 @@ import weakref
 from array import array
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from ams.errors import AlreadyExists, NotFound, UsageError
 from ams.index import Index, IndexedMessage
 from ams.store import FlagOp, MailboxList, NewMessage, Store, UserRegistry
 from ams.store.log import MailboxLog
 
+if TYPE_CHECKING:
+    from ams.imap._boards import BoardSpace
+
+#: The bboards namespace's prefix (ams.imap._boards).
+BOARDS_PREFIX = "Bboards"
 SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
 DELIMITER = "/"
 
@@ -80,6 +86,16 @@ class Account:
         self.user = user
         self.users = users or UserRegistry(store)
         self.mailboxes: MailboxList = self.users.mailboxes(user)
+        self._boards: BoardSpace | None = None
+
+    @property
+    def boards(self) -> BoardSpace:
+        """The bboards namespace (``Bboards/…``), made on first use."""
+        if self._boards is None:
+            from ams.imap._boards import BoardSpace
+
+            self._boards = BoardSpace(self)
+        return self._boards
 
     # -- the mailbox list ---------------------------------------------------------
 
@@ -95,24 +111,36 @@ class Account:
             out.append(ListEntry(info.name, tuple(attrs)))
         for name in snap.implied_parents():
             out.append(ListEntry(name, ("\\Noselect", "\\HasChildren")))
-        return sorted(out, key=lambda e: (e.name.upper() != "INBOX", e.name))
+        out.sort(key=lambda e: (e.name.upper() != "INBOX", e.name))
+        return out + self.boards.list()
 
     def subscriptions(self) -> list[str]:
-        return self.mailboxes.subscriptions()
+        return self.mailboxes.subscriptions() + self.boards.subscriptions()
 
     def create(self, name: str) -> None:
+        self._personal(name)
         self.mailboxes.create(name.rstrip(DELIMITER))
 
     def delete(self, name: str) -> None:
+        self._personal(name)
         info = self.mailboxes.lookup(name)
         self.mailboxes.delete(name)
         self.index.forget(info.id)
 
     def rename(self, old: str, new: str) -> None:
+        self._personal(old)
+        self._personal(new)
         self.mailboxes.rename(old, new)
 
+    def _personal(self, name: str) -> None:
+        """Refuse to make, remove or rename anything in the bboards namespace."""
+        if is_board_name(name.rstrip(DELIMITER)):
+            self.boards.refuse_change(name)
+
     def subscribe(self, name: str, on: bool = True) -> None:
-        if on:
+        if is_board_name(name):
+            self.boards.subscribe(name, on)
+        elif on:
             self.mailboxes.subscribe(name)
         else:
             self.mailboxes.unsubscribe(name)
@@ -123,6 +151,8 @@ class Account:
         return self.mailboxes.open(name)
 
     def status(self, name: str) -> dict[str, int]:
+        if is_board_name(name):
+            return self.boards.status(name)
         log = self.open_log(name)
         self.index.update(log)
         log_id = log.head().id
@@ -135,11 +165,20 @@ class Account:
                 "UNSEEN": unseen, "RECENT": 0, "HIGHESTMODSEQ": st.highest_modseq}
 
     def select(self, name: str, *, readonly: bool = False) -> Selected:
+        if is_board_name(name):
+            return self.boards.select(name, readonly=readonly)
         return Selected(self, name, self.open_log(name), readonly=readonly)
 
     def append(self, name: str, message: bytes, flags: Sequence[str] = (),
-               internal_date: int | None = None, tz_minutes: int = 0) -> tuple[int, int]:
-        """APPEND: file ``message``; return (UIDVALIDITY, UID)."""
+               internal_date: int | None = None, tz_minutes: int = 0,
+               ) -> tuple[int, int | None]:
+        """APPEND: file ``message``; return (UIDVALIDITY, UID).
+
+        In the bboards namespace this posts, and the UID is None when the
+        post waits for a moderator.
+        """
+        if is_board_name(name):
+            return self.boards.post(name, message, flags, internal_date)
         log = self.open_log(name)
         date = int(time.time()) if internal_date is None else internal_date
         (a,) = log.append([NewMessage(message, internal_date=date, tz_minutes=tz_minutes,
@@ -155,6 +194,14 @@ class Account:
 
 class Selected:
     """The session's view of one selected mailbox.  See the module docstring."""
+
+    #: A mailbox keeps MODSEQs (CONDSTORE); a bboard does not (NOMODSEQ).
+    nomodseq = False
+    #: The watcher key of state outside the log that changes what a session
+    #: shows (a user's bboard flags), if any.
+    flags_key: str | None = None
+    #: Whether EXPUNGE (and CLOSE's implicit one) may remove messages.
+    may_expunge = True
 
     def __init__(self, account: Account, name: str, log: MailboxLog, *,
                  readonly: bool) -> None:
@@ -189,6 +236,10 @@ class Selected:
         return self.seq_of(uid) if uid is not None else None
 
     # -- keeping up --------------------------------------------------------------------
+
+    def overlay(self) -> Any:
+        """Flags that replace the index's (a bboard's per-user flags), or None."""
+        return None
 
     def refresh(self, *, allow_expunge: bool = True) -> Changes:
         """Catch up with the log; report and apply what changed.
@@ -289,7 +340,7 @@ class Selected:
             if unchanged_since is not None and m.modseq > unchanged_since:
                 refused.append(m.uid)
                 continue
-            new = _apply(m.flags, op, flags)
+            new = apply_flags(m.flags, op, flags)
             if new != m.flags:
                 todo.append(m.uid)
         if todo:
@@ -308,13 +359,31 @@ class Selected:
             self.log.expunge(deleted)
         return deleted
 
+    def check_expunge(self) -> None:
+        """Raise if this session may not remove messages (MOVE checks first)."""
+
+    def remove(self, uids: Sequence[int]) -> None:
+        """MOVE's second half: ``uids`` go, whatever their flags."""
+        self._writable()
+        self.log.expunge(list(uids))
+
     def copy_to(self, uids: Sequence[int], dest: str) -> tuple[int, list[int], list[int]]:
-        """COPY: append copies to ``dest``; return (UIDVALIDITY, source UIDs, new UIDs)."""
+        """COPY: append copies to ``dest``; return (UIDVALIDITY, source UIDs, new UIDs).
+
+        Into a bboard each message is a post; the UIDs are given only when
+        every post was published (none waits for a moderator).
+        """
+        msgs = self.messages(uids)
+        if is_board_name(dest):
+            posted = [self.account.boards.post(dest, self.read(m), (), m.internal_date)
+                      for _, m in msgs]
+            if not posted or any(uid is None for _, uid in posted):
+                return (posted[0][0] if posted else 0), [], []
+            return posted[0][0], [m.uid for _, m in msgs], [u for _, u in posted if u]
         try:
             dlog = self.account.open_log(dest)
         except NotFound:
             raise NotFound(f"[TRYCREATE] no mailbox {dest}") from None
-        msgs = self.messages(uids)
         if not msgs:
             return dlog.head().uidvalidity, [], []
         new = [NewMessage(self.read(m), internal_date=m.internal_date, tz_minutes=m.tz_minutes,
@@ -345,7 +414,12 @@ def _shared(log_id: str, uidvalidity: int, modseq: int,
         return _SNAPSHOTS.setdefault(key, made)
 
 
-def _apply(old: frozenset[str], op: FlagOp, flags: Sequence[str]) -> frozenset[str]:
+def is_board_name(name: str) -> bool:
+    """Whether an IMAP mailbox name lies in the bboards namespace."""
+    return name == BOARDS_PREFIX or name.startswith(BOARDS_PREFIX + DELIMITER)
+
+
+def apply_flags(old: frozenset[str], op: FlagOp, flags: Sequence[str]) -> frozenset[str]:
     if op == FlagOp.REPLACE:
         return frozenset(flags)
     if op == FlagOp.ADD:

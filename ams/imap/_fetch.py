@@ -137,18 +137,20 @@ def fetch_chunk(sel: Selected, pairs: list[tuple[int, int]], plan: FetchPlan,
         return _fetch_index_only(sel, pairs, plan)
     out = FetchResult()
     data = out.data
-    flag_bytes: dict[bytes, tuple[frozenset[str], bytes, bytes]] = {}
+    flag_bytes: dict[bytes | frozenset[str], tuple[frozenset[str], bytes, bytes]] = {}
     puts: list[tuple[int, bytes, bytes]] = []
     items = list(zip(plan.attrs, plan.names, plan.kinds, strict=True))
     since = plan.changed_since
+    overlay = sel.overlay()
     with sel.index.view(sel.log_id) as view:
         for seq, uid, v in _rows(view, pairs):
             if since is not None and _modseq_of(v) <= since:
                 continue
-            mb = bytes(v[FLAGS_AT:])
+            mb: bytes | frozenset[str] = (bytes(v[FLAGS_AT:]) if overlay is None
+                                          else overlay.get(uid))
             fl = flag_bytes.get(mb)
             if fl is None:
-                fs = view.flagset(mb)
+                fs = view.flagset(mb) if overlay is None else mb  # type: ignore[arg-type]
                 fl = flag_bytes[mb] = (fs, R.flag_list(fs), R.flag_list(fs | {"\\Seen"}))
             marks = plan.sets_seen and "\\Seen" not in fl[0]
             if marks:
@@ -203,17 +205,18 @@ def _fetch_index_only(sel: Selected, pairs: list[tuple[int, int]], plan: FetchPl
     pick = operator.itemgetter(*plan.fields)
     since = plan.changed_since
     sets_seen = plan.sets_seen
-    flag_bytes: dict[bytes, tuple[bool, bytes, bytes]] = {}
+    flag_bytes: dict[bytes | frozenset[str], tuple[bool, bytes, bytes]] = {}
     from_bytes = int.from_bytes
+    overlay = sel.overlay()
     with sel.index.view(sel.log_id) as view:
         for seq, uid, v in _rows(view, pairs):
             modseq = from_bytes(v[MODSEQ_AT:MODSEQ_END], "little")
             if since is not None and modseq <= since:
                 continue
-            mb = v[FLAGS_AT:]
+            mb: bytes | frozenset[str] = v[FLAGS_AT:] if overlay is None else overlay.get(uid)
             fl = flag_bytes.get(mb)
             if fl is None:
-                fs = view.flagset(mb)
+                fs = view.flagset(mb) if overlay is None else mb  # type: ignore[arg-type]
                 fl = flag_bytes[mb] = ("\\Seen" in fs, R.flag_list(fs),
                                        R.flag_list(fs | {"\\Seen"}))
             if sets_seen and not fl[0]:

@@ -34,7 +34,7 @@ import trio
 
 from ams.config import Config
 from ams.errors import AlreadyExists, AMSError, NotFound, UsageError
-from ams.imap._backend import SYSTEM_FLAGS, Account, Changes, Selected
+from ams.imap._backend import BOARDS_PREFIX, SYSTEM_FLAGS, Account, Changes, Selected
 from ams.imap._fetch import FetchCache, FetchPlan, FetchResult, fetch_chunk, search_matches
 from ams.imap._watch import Watched, Watcher
 from ams.index import Index
@@ -79,6 +79,7 @@ from ams.protocols.imap import responses as R
 from ams.store import FlagOp, UserRegistry
 from ams.store import Store as SharedStore
 from ams.throttle import PASSWORD_CHECKS, Throttle
+from bboard import NotPermitted
 
 log = logging.getLogger(__name__)
 
@@ -193,6 +194,8 @@ class Session:
                 self.conn.complete(ev.tag, "NO", "Not supported", code="CANNOT")
                 return
             await handler(ev)
+        except NotPermitted as e:
+            self.conn.complete(ev.tag, "NO", _one_line(str(e)), code="NOPERM")
         except NotFound as e:
             code = "TRYCREATE" if "[TRYCREATE]" in str(e) else "NONEXISTENT"
             self.conn.complete(ev.tag, "NO", "No such mailbox", code=code)
@@ -250,7 +253,7 @@ class Session:
         self.conn.complete(ev.tag, "OK", "ID completed")
 
     async def do_namespace(self, ev: Namespace) -> None:
-        self.conn.send(R.namespace([("", "/")]))
+        self.conn.send(R.namespace([("", "/")], None, [(BOARDS_PREFIX + "/", "/")]))
         self.conn.complete(ev.tag, "OK", "NAMESPACE completed")
 
     # -- mailboxes ------------------------------------------------------------------------------
@@ -322,6 +325,9 @@ class Session:
             self.conn.complete(ev.tag, "NO", "No such mailbox", code="TRYCREATE")
             return
         await self.report_changes()
+        if uid is None:  # a post waiting for a bboard's moderator
+            self.conn.complete(ev.tag, "OK", "APPEND completed; the post awaits a moderator")
+            return
         self.conn.complete(ev.tag, "OK", "APPEND completed",
                            code=R.append_uid(uidvalidity, [uid]))
 
@@ -341,9 +347,12 @@ class Session:
                            "Flags permitted"))
         self.conn.send(_ok(R.uidvalidity(sel.uidvalidity), "UIDs valid"))
         self.conn.send(_ok(R.uidnext(sel.uidnext), "Predicted next UID"))
-        self.conn.send(_ok(R.highest_modseq(sel.highest_modseq), "Highest"))
-        if ev.qresync is not None and ev.qresync.uidvalidity == sel.uidvalidity:
-            await self.resync(sel, ev.qresync)
+        if sel.nomodseq:  # a bboard: per-user flags, no mod-sequences (RFC 7162 §3.1.2.2)
+            self.conn.send(_ok(R.ResponseCode("NOMODSEQ"), "No permanent mod-sequences here"))
+        else:
+            self.conn.send(_ok(R.highest_modseq(sel.highest_modseq), "Highest"))
+            if ev.qresync is not None and ev.qresync.uidvalidity == sel.uidvalidity:
+                await self.resync(sel, ev.qresync)
         self.conn.complete(ev.tag, "OK", "SELECT completed",
                            code="READ-ONLY" if sel.readonly else "READ-WRITE")
 
@@ -376,7 +385,7 @@ class Session:
 
     async def do_close(self, ev: Close) -> None:
         sel = self._selected()
-        if not sel.readonly:
+        if not sel.readonly and sel.may_expunge:
             await self.thread(sel.expunge)
         self.selected = None
         self.conn.complete(ev.tag, "OK", "CLOSE completed")
@@ -403,7 +412,7 @@ class Session:
 
     def send_flag_changes(self, changed: list[tuple[int, Any]], *, uid: bool = True) -> None:
         """Untagged FETCH (FLAGS UID [MODSEQ]) for messages whose flags changed."""
-        condstore = "CONDSTORE" in self.conn.enabled
+        condstore = "CONDSTORE" in self.conn.enabled and not self._selected().nomodseq
         for seq, m in changed:
             items: list[tuple[str, Any]] = [("FLAGS", R.flag_atoms(sorted(m.flags)))]
             if uid:
@@ -430,8 +439,22 @@ class Session:
     def _uids(self, seqset: SequenceSet, uid: bool) -> list[int]:
         return [u for _, u in self._pairs(seqset, uid)]
 
+    def _refuse_modseq(self, tag: str, used: bool) -> bool:
+        """BAD for a mod-sequence modifier on a NOMODSEQ mailbox (RFC 7162 §3.1.2.2)."""
+        if used and self._selected().nomodseq:
+            self.conn.complete(tag, "BAD", "This mailbox has no mod-sequences (NOMODSEQ)")
+            return True
+        return False
+
+    def _poke(self, sel: Selected) -> None:
+        """Wake this bridge's other sessions that show what ``sel`` changed."""
+        self.bridge.watcher.poke(sel.flags_key or sel.log_id)
+
     async def do_fetch(self, ev: Fetch) -> None:
         sel = self._selected()
+        if self._refuse_modseq(ev.tag, ev.changed_since is not None
+                               or any(a.name == "MODSEQ" for a in ev.attributes)):
+            return
         await self.report_changes(allow_expunge=ev.uid)
         pairs = self._pairs(ev.sequence_set, ev.uid)
         if ev.vanished:
@@ -440,7 +463,7 @@ class Session:
             if gone:
                 self.conn.send(R.vanished(gone, earlier=True))
         plan = FetchPlan(ev, readonly=sel.readonly, utf8=self.conn.utf8,
-                         condstore="CONDSTORE" in self.conn.enabled)
+                         condstore="CONDSTORE" in self.conn.enabled and not sel.nomodseq)
         others: list[tuple[int, Any]] = []
         for i in range(0, len(pairs), FETCH_CHUNK):
             got: FetchResult = await self.thread(fetch_chunk, sel, pairs[i:i + FETCH_CHUNK],
@@ -448,7 +471,7 @@ class Session:
             if got.seen:
                 # \Seen is in the responses: write it before they leave.
                 await self.thread(sel.store, got.seen, FlagOp.ADD, ["\\Seen"])
-                self.bridge.watcher.poke(sel.log_id)
+                self._poke(sel)
                 ch: Changes = await self.thread(sel.refresh, allow_expunge=False)
                 mine = set(got.seen)
                 others += [(seq, m) for seq, m in ch.flags if m.uid not in mine]
@@ -463,12 +486,14 @@ class Session:
         if sel.readonly:
             self.conn.complete(ev.tag, "NO", "Mailbox is read-only", code="READ-ONLY")
             return
+        if self._refuse_modseq(ev.tag, ev.unchanged_since is not None):
+            return
         await self.report_changes(allow_expunge=ev.uid)
         uids = self._uids(ev.sequence_set, ev.uid)
         changed, refused = await self.thread(sel.store, uids, _OPS[ev.operation], ev.flags,
                                              unchanged_since=ev.unchanged_since)
         if changed:
-            self.bridge.watcher.poke(sel.log_id)
+            self._poke(sel)
         ch: Changes = await self.thread(sel.refresh, allow_expunge=False)
         if ev.silent:  # our own changes go unreported; other clients' are still news
             mine = set(changed)
@@ -490,6 +515,8 @@ class Session:
 
     async def do_search(self, ev: Search) -> None:
         sel = self._selected()
+        if self._refuse_modseq(ev.tag, "CONDSTORE" in ev.extensions_used()):  # MODSEQ key
+            return
         await self.report_changes(allow_expunge=ev.uid)
         found = await self.thread(search_matches, sel, ev.criteria, self.bridge.cache)
         numbers = [uid for seq, uid in found] if ev.uid else [seq for seq, uid in found]
@@ -519,11 +546,14 @@ class Session:
         if sel.readonly:
             self.conn.complete(ev.tag, "NO", "Mailbox is read-only", code="READ-ONLY")
             return
+        sel.check_expunge()  # before the copy: a MOVE that cannot remove must not copy
         uids = self._uids(ev.sequence_set, ev.uid)
         uidvalidity, src, dst = await self.thread(sel.copy_to, uids, ev.mailbox)
+        moved = src or [u for _, u in await self.thread(sel.messages, uids)]
         if src:
             self.conn.send(_ok(R.copy_uid(uidvalidity, src, dst), "Moved"))
-            await self.thread(sel.log.expunge, src)
+        if moved:
+            await self.thread(sel.remove, moved)
             self.bridge.watcher.poke(sel.log_id)
         await self.report_changes()
         self.conn.complete(ev.tag, "OK", "MOVE completed")
@@ -538,9 +568,13 @@ class Session:
         """
         deadline = trio.current_time() + self.autologout
         sel = self.selected
-        watching = (self.bridge.watcher.watch(sel.log_id, sel.log) if sel is not None
-                    else contextlib.nullcontext(None))
-        with watching as watched:
+        with contextlib.ExitStack() as stack:
+            watched: list[Watched] = []
+            if sel is not None:
+                watched.append(stack.enter_context(self.bridge.watcher.watch(sel.log_id, sel.log)))
+                if sel.flags_key is not None:
+                    watched.append(stack.enter_context(self.bridge.watcher.watch(
+                        sel.flags_key, None, sel.flags_path)))
             while True:
                 event = self.conn.next_event()
                 if isinstance(event, IdleDone):
@@ -551,20 +585,21 @@ class Session:
                     return False
                 if event is not NEED_DATA:  # pragma: no cover - only DONE ends IDLE
                     raise AssertionError(f"unexpected event in IDLE: {event!r}")
-                version = watched.version if watched is not None else 0
+                versions = [w.version for w in watched]
                 await self.report_changes()
                 await self.flush()
                 if trio.current_time() > deadline:
                     self.conn.bye("Autologout; idle for too long")
                     await self.flush()
                     return False
-                data = await self._input_or_change(watched, version, deadline)
+                data = await self._input_or_change(watched, versions, deadline)
                 if data is not None:
                     self.conn.receive_data(bytes(data))
 
-    async def _input_or_change(self, watched: Watched | None, version: int,
+    async def _input_or_change(self, watched: list[Watched], versions: list[int],
                                deadline: float) -> bytes | bytearray | None:
-        """The client's next bytes, or None when the log changed or time is up."""
+        """The client's next bytes, or None when something watched changed or
+        time is up."""
         got: list[bytes | bytearray] = []
         with trio.move_on_at(deadline):
             async with trio.open_nursery() as nursery:
@@ -572,14 +607,13 @@ class Session:
                     got.append(await self.stream.receive_some(RECV_SIZE))
                     nursery.cancel_scope.cancel()
 
-                async def change() -> None:
-                    assert watched is not None
-                    await watched.changed(version)
+                async def change(w: Watched, version: int) -> None:
+                    await w.changed(version)
                     nursery.cancel_scope.cancel()
 
                 nursery.start_soon(receive)
-                if watched is not None:
-                    nursery.start_soon(change)
+                for w, version in zip(watched, versions, strict=True):
+                    nursery.start_soon(change, w, version)
         return got[0] if got else None
 
 

@@ -9,7 +9,9 @@ session per interval: a thousand idle clients, five thousand hops a second.
 Instead the bridge runs one :class:`Watcher` task; sessions register the log
 they idle on, and every ``interval`` the watcher probes each registered log
 once, in a single thread hop for all of them, however many sessions share
-it.
+it.  A session on a bboard also registers the user's flags file for that
+board (bboard._state), probed the same way, so that a flag change by the
+same user from another session or host wakes it too.
 
 The probe is the log's *signature*: identity and size of the ``head`` file
 and the size of the segment the local index has read up to, each taken by
@@ -48,9 +50,13 @@ Signature = tuple[int, int, int, int]
 class Watched:
     """One log under watch; sessions wait on :meth:`changed`."""
 
-    def __init__(self, log_id: str, mailbox_log: MailboxLog) -> None:
+    def __init__(self, log_id: str, mailbox_log: MailboxLog | None,
+                 path: Path | None = None) -> None:
         self.log_id = log_id
         self.log = mailbox_log
+        #: A plain file watched by identity and size (no log): a user's
+        #: bboard flags.
+        self.path = path
         self.sessions = 0
         self.version = 0
         self.signature: Signature | None = None
@@ -77,11 +83,13 @@ class Watcher:
         self._watched: dict[str, Watched] = {}
 
     @contextmanager
-    def watch(self, log_id: str, mailbox_log: MailboxLog) -> Iterator[Watched]:
-        """Register interest in a log for the duration of the block."""
+    def watch(self, log_id: str, mailbox_log: MailboxLog | None,
+              path: Path | None = None) -> Iterator[Watched]:
+        """Register interest in a log (or, with ``path`` and no log, in a
+        plain file, under the key ``log_id``) for the duration of the block."""
         w = self._watched.get(log_id)
         if w is None:
-            w = self._watched[log_id] = Watched(log_id, mailbox_log)
+            w = self._watched[log_id] = Watched(log_id, mailbox_log, path)
         w.sessions += 1
         try:
             yield w
@@ -117,7 +125,7 @@ class Watcher:
                     changed.append(w)
             except (AMSError, OSError) as e:
                 # The session's own refresh will meet (and report) the problem.
-                log.warning("watching %s: %s", w.log.path, e)
+                log.warning("watching %s: %s", w.log.path if w.log else w.path, e)
                 changed.append(w)
         return changed
 
@@ -125,6 +133,11 @@ class Watcher:
         """Did the log change since the last probe?  The first probe of a new
         watch says yes: a session refreshes after registering, and a change
         between that refresh and this probe must not go unnoticed."""
+        if w.log is None:
+            assert w.path is not None
+            sig = (*_stat(w.path), 0, 0)
+            changed, w.signature = sig != w.signature, sig
+            return changed
         sig = _signature(w.log.path / "head", w.segment)
         if sig == w.signature:
             return False
