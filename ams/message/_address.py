@@ -184,8 +184,40 @@ def _split(toks: list[_Tok], start: int, stops: str) -> int:
     return len(toks)
 
 
+# The shapes most real address fields have, taken without tokenising:
+# ``local@domain``, ``<local@domain>``, ``Some Name <local@domain>`` and
+# ``"Some, Name" <local@domain>``, each alone or in a list split by commas.
+# Within them the tokeniser would give exactly this: a phrase of atoms and
+# dots is its words with each run of blanks made one space, a quoted string
+# without backslashes is its inside, and an addr-spec without blanks is
+# itself.  Anything else (comments, groups, routes, domain literals,
+# escapes, blanks inside an addr-spec) goes the long way.
+_SPEC = r'([^\s"()<>\[\]:;@,\\]+)@([^\s"()<>\[\]:;@,\\]+)'
+_SIMPLE = re.compile(r'[ \t]*(?:([^\s"()<>\[\]:;@,\\][^"()<>\[\]:;@,\\]*?)[ \t]*'
+                     r'|"([^"\\]*)"[ \t]*)?<' + _SPEC + r'>[ \t]*|[ \t]*' + _SPEC + r'[ \t]*')
+
+
+def _simple(value: str) -> list[Address] | None:
+    """``parse_addresses`` for the simple shapes above; None for any other."""
+    out: list[Address] = []
+    for element in value.split(",") if '"' not in value else (value,):
+        m = _SIMPLE.fullmatch(element)
+        if m is None:
+            return None
+        phrase, quoted, local, domain, bare_local, bare_domain = m.groups()
+        if bare_local is not None:
+            out.append(Address(None, None, bare_local, bare_domain))
+        else:
+            name = " ".join(phrase.split()) if phrase is not None else quoted
+            out.append(Address(name or None, None, local, domain))
+    return out
+
+
 def parse_addresses(value: str) -> list[Address]:
     """Parse an address-list header value (unfolded).  Never raises."""
+    fast = _simple(value)
+    if fast is not None:
+        return fast
     toks = _tokenize(value)
     out: list[Address] = []
     i, n = 0, len(toks)

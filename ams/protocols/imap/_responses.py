@@ -41,8 +41,8 @@ from ams.protocols.imap._sequence import SequenceSet
 
 __all__ = [
     "Atom", "ContinueRequest", "Item", "LiteralData", "Mailbox", "Response", "ResponseCode",
-    "StatusResponse", "Text", "Untagged", "encode", "encode_value", "encoded_fetch", "fetch_name",
-    "flag_list",
+    "StatusResponse", "Text", "Untagged", "encode", "encode_string", "encode_value",
+    "encoded_fetch", "fetch_name", "flag_list",
 ]
 
 Item = Union[int, str, bytes, None, datetime, "Atom", "Mailbox", "LiteralData", SequenceSet,
@@ -491,6 +491,22 @@ def encode_value(item: Item, *, utf8: bool = False) -> bytes:
     """
     _check_item(item)
     return _item(item, utf8)
+
+
+def encode_string(value: str | bytes | None, *, utf8: bool = False) -> bytes:
+    """A string member of a FETCH value (or NIL): quoted when it can be,
+    else a literal; exactly what :func:`encode_value` gives for it."""
+    if value is None:
+        return b"NIL"
+    if isinstance(value, str) and value.isascii() and value.isprintable() and (
+            len(value) <= MAX_QUOTED):  # the common case, without a regex
+        if "\\" in value or '"' in value:
+            value = value.replace("\\", "\\\\").replace('"', '\\"')
+        return b'"' + value.encode("ascii") + b'"'
+    data = value.encode("utf-8", "surrogateescape") if isinstance(value, str) else value
+    if b"\0" in data:
+        raise ValueError("NUL in a string needs LiteralData(binary=True)")
+    return _string(data, utf8, literal_ok=True)
 
 
 def fetch_name(key: FetchKey) -> bytes:
