@@ -219,3 +219,35 @@ def test_sessions_in_step_share_one_uid_array(make_config: MakeConfig) -> None:
         assert list(b.uids) == [1, 2, 3, 4, 5]
         b.refresh()
         assert a.uids is b.uids
+
+
+def test_fetch_skips_a_message_expunged_but_not_yet_reported(make_config: MakeConfig) -> None:
+    """The dense FETCH path zips the index's values with the session's UIDs
+    only when the counts prove them the same set; an expunge the session
+    has not been told of must fall back to matching, not shift flags."""
+    from ams.imap._backend import Account
+    from ams.imap._fetch import FetchPlan, fetch_chunk
+    from ams.protocols.imap import Fetch, SequenceSet
+    from ams.protocols.imap._commands import FetchAttribute
+
+    cfg, store = site(make_config)
+    add_users(store, "alice")
+    seed(store, "alice", 6)
+    inbox = UserRegistry(store).mailboxes("alice").open("INBOX")
+    inbox.store_flags(FlagOp.ADD, ["\\Flagged"], [4])
+    with Index(cfg) as ix:
+        sel = Account(store, ix, "alice").select("INBOX")
+        inbox.expunge([3])
+        sel.refresh(allow_expunge=False)
+        assert list(sel.uids) == [1, 2, 3, 4, 5, 6]
+        pairs = [(i + 1, u) for i, u in enumerate(sel.uids)]
+        for attrs, want in (
+                (("UID", "FLAGS"), b"* 4 FETCH (UID 4 FLAGS (\\Flagged))\r\n"),
+                (("FLAGS", "RFC822.SIZE"), b"* 4 FETCH (FLAGS (\\Flagged) RFC822.SIZE ")):
+            ev = Fetch(tag="a", sequence_set=SequenceSet.parse(b"1:*"),
+                       attributes=tuple(FetchAttribute(a) for a in attrs))
+            got = bytes(fetch_chunk(sel, pairs, FetchPlan(ev, readonly=True, utf8=False,
+                                                          condstore=False), None).data)
+            lines = got.splitlines(keepends=True)
+            assert [ln.split()[1] for ln in lines] == [b"1", b"2", b"4", b"5", b"6"]
+            assert lines[2].startswith(want), lines

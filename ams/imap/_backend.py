@@ -215,7 +215,7 @@ class Selected:
         with self.index.view(self.log_id) as view:
             st = view.status()
             self.uids: Sequence[int] = _shared(self.log_id, st.uidvalidity,
-                                               st.highest_modseq, view.uids)
+                                               st.highest_modseq, view.uid_array)
         self.uidvalidity = st.uidvalidity
         self.uidnext = st.uidnext
         self.highest_modseq = st.highest_modseq

@@ -232,10 +232,14 @@ def _fetch_index_only(sel: Selected, pairs: list[tuple[int, int]], plan: FetchPl
     flag_bytes: dict[bytes | frozenset[str], tuple[bool, bytes, bytes]] = {}
     from_bytes = int.from_bytes
     overlay = sel.overlay()
+    # UID and FLAGS alone (what a client syncing flags asks) fill the
+    # template directly; other plans pick their fields from a row tuple.
+    uid_flags = plan.fields == (0, 1, 2)
+    parts: list[bytes] = []
+    append = parts.append
     with sel.index.view(sel.log_id) as view:
         for seq, uid, v in _rows(view, pairs):
-            modseq = from_bytes(v[MODSEQ_AT:MODSEQ_END], "little")
-            if since is not None and modseq <= since:
+            if since is not None and from_bytes(v[MODSEQ_AT:MODSEQ_END], "little") <= since:
                 continue
             mb: bytes | frozenset[str] = v[FLAGS_AT:] if overlay is None else overlay.get(uid)
             fl = flag_bytes.get(mb)
@@ -248,8 +252,13 @@ def _fetch_index_only(sel: Selected, pairs: list[tuple[int, int]], plan: FetchPl
                 flags = fl[2]
             else:
                 flags = fl[1]
-            data += template % pick((seq, uid, flags, from_bytes(v[16:20], "little"), modseq))
-            out.count += 1
+            if uid_flags:
+                append(template % (seq, uid, flags))
+            else:
+                append(template % pick((seq, uid, flags, from_bytes(v[16:20], "little"),
+                                        from_bytes(v[MODSEQ_AT:MODSEQ_END], "little"))))
+    data += b"".join(parts)
+    out.count = len(parts)
     return out
 
 
@@ -260,6 +269,16 @@ def _rows(view: MailboxView, pairs: list[tuple[int, int]]) -> Iterator[tuple[int
     if not pairs:
         return
     first, last = pairs[0][1], pairs[-1][1]
+    if pairs[-1][0] - pairs[0][0] + 1 == len(pairs):
+        # Consecutive sequence numbers: the pairs are every UID the session
+        # knows from first to last, and the index can hold no other UID in
+        # that range (UIDs are never reused; new ones come after the
+        # session's last).  Equal counts mean equal sets: no matching.
+        values = view.values(first, last)
+        if len(values) == len(pairs):
+            for (seq, uid), v in zip(pairs, values, strict=True):
+                yield seq, uid, v
+            return
     if last - first + 1 > 2 * len(pairs):
         for seq, uid in pairs:
             v = view.raw(uid)

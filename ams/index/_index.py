@@ -34,6 +34,7 @@ import logging
 import os
 import sys
 import threading
+from array import array
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -588,6 +589,20 @@ class MailboxView:
                               MSG_KEY.pack(self._meta.mbx, last)):
             yield from_bytes(k[4:], "big"), v
 
+    def values(self, first: int, last: int) -> list[bytes]:
+        """The stored values for first <= UID <= last, in UID order (no keys)."""
+        hi = MSG_KEY.pack(self._meta.mbx, last)
+        cur = self._txn.cursor(db=self._index._msgs)
+        if not cur.set_range(MSG_KEY.pack(self._meta.mbx, first)):
+            return []
+        out = []
+        append = out.append
+        for k, v in cur:
+            if k > hi:
+                break
+            append(v)
+        return out
+
     def first_without(self, flag: str) -> int | None:
         """The lowest UID whose flags lack ``flag`` (SELECT's UNSEEN), by
         testing one bit of each stored mask."""
@@ -619,6 +634,26 @@ class MailboxView:
     def uids(self, first: int = 1, last: int = MAX_UID) -> list[int]:
         """UIDs in ascending order (position + 1 is the IMAP sequence number)."""
         return self._index._uids(self._txn, self._meta.mbx, first, last)
+
+    def uid_array(self) -> array[int]:
+        """Every UID in ascending order, as 4-octet unsigned ints: the keys'
+        big-endian UID halves joined and converted in one go."""
+        lo = MSG_KEY.pack(self._meta.mbx, 1)
+        hi = MSG_KEY.pack(self._meta.mbx, MAX_UID)
+        cur = self._txn.cursor(db=self._index._msgs)
+        out = array("I")
+        assert out.itemsize == 4
+        if cur.set_range(lo):
+            keys = []
+            append = keys.append
+            for k in cur.iternext(values=False):
+                if k > hi:
+                    break
+                append(k[4:])
+            out.frombytes(b"".join(keys))
+            if sys.byteorder == "little":
+                out.byteswap()
+        return out
 
     def get(self, uid: int) -> IndexedMessage | None:
         v = self._txn.get(MSG_KEY.pack(self._meta.mbx, uid), db=self._index._msgs)
