@@ -113,6 +113,32 @@ def test_fsck_reports_then_repairs(site: Path) -> None:
     assert ams("fsck", cwd=site).returncode == 0
 
 
+def test_fsck_checks_bboard_logs(site: Path) -> None:
+    assert ams("user", "add", "alice", "--password-stdin", cwd=site, stdin="pw\n").returncode == 0
+    assert ams("bboard", "create", "andrew.general", cwd=site).returncode == 0
+    for i in range(3):
+        r = ams("bboard", "post", "andrew.general", "--subject", f"s{i}", "--as", "alice",
+                cwd=site, stdin=f"body {i}\n")
+        assert r.returncode == 0, r.stderr
+    r = ams("fsck", cwd=site)
+    assert r.returncode == 0 and "0 problems" in r.stderr, r.stderr
+    from ams.config import load_config
+    from ams.store import Store
+    from bboard import Bboards
+    boards = Bboards(Store(load_config(site / "ams.toml")))
+    log = boards.open("andrew.general")
+    seg = log.segment_path(1, 1)
+    data = bytearray(seg.read_bytes())
+    rec = log.reader().poll().records[1]
+    data[rec.offset + 44] ^= 0x10
+    seg.write_bytes(bytes(data))
+    r = ams("fsck", cwd=site)
+    assert r.returncode == 1
+    assert f"bboard andrew.general: {seg} @{rec.offset}: damaged bytes" in r.stdout, r.stdout
+    assert ams("fsck", "--repair", cwd=site).returncode == 0
+    assert ams("fsck", cwd=site).returncode == 0
+
+
 def test_status_shows_queues_and_workers(site: Path) -> None:
     import json
 

@@ -136,7 +136,14 @@ def cmd_fsck(args: argparse.Namespace) -> int:
         mbl = users.mailboxes(name)
         for info in mbl.list():
             targets.append((f"{name}:{info.name}", mbl.open(info.name)))
-    progress = Progress("fsck", len(targets), unit="mailboxes")
+    if not args.user:  # every board's two logs, too
+        from bboard import Bboards
+
+        boards = Bboards(store, users)
+        for board in boards.list():
+            targets.append((f"bboard {board.name}", boards.open(board)))
+            targets.append((f"bboard {board.name} (pending)", boards.open_pending(board)))
+    progress = Progress("fsck", len(targets), unit="logs")
     problems = remaining = records = 0
     for i, (label, log) in enumerate(targets, 1):
         rep = check_log(log, repair=args.repair)
@@ -151,7 +158,7 @@ def cmd_fsck(args: argparse.Namespace) -> int:
         orphans += users.mailboxes(name).orphans()
     for o in orphans:
         print(f"orphan (not named by any record): {o}")
-    progress.done(f"{len(targets)} mailboxes, {records} records, {problems} problems "
+    progress.done(f"{len(targets)} logs, {records} records, {problems} problems "
                   f"({remaining} unrepaired), {len(orphans)} orphans")
     return 1 if remaining else 0
 
