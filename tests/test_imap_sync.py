@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
 import trio
 
 from ams.index import Index
@@ -251,3 +252,38 @@ def test_fetch_skips_a_message_expunged_but_not_yet_reported(make_config: MakeCo
             lines = got.splitlines(keepends=True)
             assert [ln.split()[1] for ln in lines] == [b"1", b"2", b"4", b"5", b"6"]
             assert lines[2].startswith(want), lines
+
+
+def test_seq_runs_behave_as_lists_of_pairs() -> None:
+    from array import array
+
+    from ams.imap._fetch import SeqRun
+
+    uids = array("I", [3, 5, 9, 10, 11, 40])
+    run = SeqRun(4, uids)
+    pairs = [(4 + i, u) for i, u in enumerate(uids)]
+    assert list(run) == pairs and len(run) == 6
+    assert run[0] == pairs[0] and run[-1] == pairs[-1] and run[2] == pairs[2]
+    for lo, hi in ((0, 2), (2, 6), (1, 100), (5, 3), (-2, None)):
+        assert list(run[lo:hi]) == pairs[lo:hi]
+    with pytest.raises(IndexError):
+        run[6]
+
+
+def test_a_mailbox_selected_again_reuses_its_uid_array(make_config: MakeConfig) -> None:
+    import gc
+    import weakref
+
+    from ams.imap._backend import Account
+
+    cfg, store = site(make_config)
+    add_users(store, "alice")
+    seed(store, "alice", 5)
+    with Index(cfg) as ix:
+        a = Account(store, ix, "alice").select("INBOX")
+        first = weakref.ref(a.uids)
+        del a
+        gc.collect()
+        assert first() is not None  # kept though no session holds it
+        b = Account(store, ix, "alice").select("INBOX")
+        assert b.uids is first() and list(b.uids) == [1, 2, 3, 4, 5]

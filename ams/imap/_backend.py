@@ -33,6 +33,7 @@ import threading
 import time
 import weakref
 from array import array
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -399,6 +400,12 @@ class Selected:
 _SNAPSHOTS: weakref.WeakValueDictionary[tuple[str, int, int], array[int]] = (
     weakref.WeakValueDictionary())
 _SNAPSHOTS_LOCK = threading.Lock()
+#: The latest array of each recently selected log, kept alive after its
+#: last session goes (most recently used last), so that selecting a mailbox
+#: again costs no walk of its index: at most this many octets of UIDs.
+RECENT_UID_BYTES = 64 * 1024 * 1024
+_RECENT: OrderedDict[str, array[int]] = OrderedDict()
+_recent_bytes = 0
 
 
 def _shared(log_id: str, uidvalidity: int, modseq: int,
@@ -406,12 +413,26 @@ def _shared(log_id: str, uidvalidity: int, modseq: int,
     key = (log_id, uidvalidity, modseq)
     with _SNAPSHOTS_LOCK:
         got = _SNAPSHOTS.get(key)
-    if got is not None:
-        return got
-    uids = load()
-    made = uids if isinstance(uids, array) else array("I", uids)
+    if got is None:
+        uids = load()
+        made = uids if isinstance(uids, array) else array("I", uids)
+        with _SNAPSHOTS_LOCK:
+            got = _SNAPSHOTS.setdefault(key, made)
+    _keep(log_id, got)
+    return got
+
+
+def _keep(log_id: str, uids: array[int]) -> None:
+    global _recent_bytes
     with _SNAPSHOTS_LOCK:
-        return _SNAPSHOTS.setdefault(key, made)
+        old = _RECENT.pop(log_id, None)
+        if old is not None:
+            _recent_bytes -= old.itemsize * len(old)
+        _RECENT[log_id] = uids
+        _recent_bytes += uids.itemsize * len(uids)
+        while _recent_bytes > RECENT_UID_BYTES and len(_RECENT) > 1:
+            _, gone = _RECENT.popitem(last=False)
+            _recent_bytes -= gone.itemsize * len(gone)
 
 
 def is_board_name(name: str) -> bool:

@@ -14,9 +14,9 @@ import functools
 import operator
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, overload
 
 from ams import message as M
 from ams.imap._backend import Selected
@@ -134,6 +134,43 @@ _TEMPLATE = {"UID": (b"UID %d", 1), "FLAGS": (b"FLAGS %s", 2), "RFC822.SIZE": (b
              "MODSEQ": (b"MODSEQ (%d)", 4)}
 
 
+class SeqRun(Sequence[tuple[int, int]]):
+    """(seq, UID) pairs for consecutive sequence numbers: the first number
+    and a slice of the session's UIDs, without a tuple per message until
+    one is asked for.  What ``1:*`` and other single ranges resolve to."""
+
+    __slots__ = ("first_seq", "uids")
+
+    def __init__(self, first_seq: int, uids: Sequence[int]) -> None:
+        self.first_seq = first_seq
+        self.uids = uids
+
+    def __len__(self) -> int:
+        return len(self.uids)
+
+    @overload
+    def __getitem__(self, i: int) -> tuple[int, int]: ...
+    @overload
+    def __getitem__(self, i: slice) -> SeqRun: ...
+
+    def __getitem__(self, i: int | slice) -> tuple[int, int] | SeqRun:
+        n = len(self.uids)
+        if isinstance(i, slice):
+            start, stop, step = i.indices(n)
+            if step != 1:
+                raise ValueError("a SeqRun slices with step 1 only")
+            return SeqRun(self.first_seq + start, self.uids[start:max(start, stop)])
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError(i)
+        return self.first_seq + i, self.uids[i]
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        return zip(range(self.first_seq, self.first_seq + len(self.uids)), self.uids,
+                   strict=True)
+
+
 class FetchResult:
     __slots__ = ("data", "seen", "count")
 
@@ -143,7 +180,7 @@ class FetchResult:
         self.count = 0
 
 
-def fetch_chunk(sel: Selected, pairs: list[tuple[int, int]], plan: FetchPlan,
+def fetch_chunk(sel: Selected, pairs: Sequence[tuple[int, int]], plan: FetchPlan,
                 cache: FetchCache) -> FetchResult:
     """Encoded FETCH responses for ``(seq, uid)`` pairs; the UIDs to mark \\Seen.
 
@@ -220,7 +257,7 @@ def fetch_chunk(sel: Selected, pairs: list[tuple[int, int]], plan: FetchPlan,
     return out
 
 
-def _fetch_index_only(sel: Selected, pairs: list[tuple[int, int]], plan: FetchPlan,
+def _fetch_index_only(sel: Selected, pairs: Sequence[tuple[int, int]], plan: FetchPlan,
                       ) -> FetchResult:
     """fetch_chunk for template plans: the same answers, a tighter loop."""
     assert plan.template is not None
@@ -262,7 +299,8 @@ def _fetch_index_only(sel: Selected, pairs: list[tuple[int, int]], plan: FetchPl
     return out
 
 
-def _rows(view: MailboxView, pairs: list[tuple[int, int]]) -> Iterator[tuple[int, int, bytes]]:
+def _rows(view: MailboxView, pairs: Sequence[tuple[int, int]],
+          ) -> Iterator[tuple[int, int, bytes]]:
     """(seq, UID, stored value) for the pairs the index still has (a message
     expunged but not yet reported to the session is skipped): one cursor
     walk when the UIDs are dense, else a look-up each."""
@@ -276,6 +314,10 @@ def _rows(view: MailboxView, pairs: list[tuple[int, int]]) -> Iterator[tuple[int
         # session's last).  Equal counts mean equal sets: no matching.
         values = view.values(first, last)
         if len(values) == len(pairs):
+            if isinstance(pairs, SeqRun):
+                yield from zip(range(pairs.first_seq, pairs.first_seq + len(pairs)),
+                               pairs.uids, values, strict=True)
+                return
             for (seq, uid), v in zip(pairs, values, strict=True):
                 yield seq, uid, v
             return
@@ -395,5 +437,5 @@ def convert_key(k: P.SearchKey) -> M.SearchKey:
     raise ValueError(f"unknown search key {k!r}")
 
 
-__all__ = ["FetchCache", "FetchPlan", "FetchResult", "convert_key", "encode_envelope",
+__all__ = ["FetchCache", "FetchPlan", "FetchResult", "SeqRun", "convert_key", "encode_envelope",
            "fetch_chunk", "imap_value", "search_matches"]

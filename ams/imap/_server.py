@@ -26,7 +26,7 @@ import functools
 import logging
 import re
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -35,7 +35,14 @@ import trio
 from ams.config import Config
 from ams.errors import AlreadyExists, AMSError, NotFound, UsageError
 from ams.imap._backend import BOARDS_PREFIX, SYSTEM_FLAGS, Account, Changes, Selected
-from ams.imap._fetch import FetchCache, FetchPlan, FetchResult, fetch_chunk, search_matches
+from ams.imap._fetch import (
+    FetchCache,
+    FetchPlan,
+    FetchResult,
+    SeqRun,
+    fetch_chunk,
+    search_matches,
+)
 from ams.imap._watch import Watched, Watcher
 from ams.index import Index
 from ams.protocols.imap import (
@@ -423,17 +430,24 @@ class Session:
 
     # -- selected state ---------------------------------------------------------------------------
 
-    def _pairs(self, seqset: SequenceSet, uid: bool) -> list[tuple[int, int]]:
+    def _pairs(self, seqset: SequenceSet, uid: bool) -> Sequence[tuple[int, int]]:
         """(seq, UID) of the messages a sequence set names, in order."""
         sel = self._selected()
         uids = sel.uids
         if uid:
+            spans = seqset.resolve(uids[-1] if uids else 0)
             out: list[tuple[int, int]] = []
-            for r in seqset.resolve(uids[-1] if uids else 0):
+            for r in spans:
                 lo = bisect.bisect_left(uids, r.start)
                 hi = bisect.bisect_left(uids, r.stop)
+                if len(spans) == 1:  # one range (1:*): no tuple per message
+                    return SeqRun(lo + 1, uids[lo:hi])
                 out.extend(zip(range(lo + 1, hi + 1), uids[lo:hi], strict=True))
             return out  # resolve() gives sorted, merged ranges: no repeats
+        spans = seqset.resolve(sel.exists, clip=True)
+        if len(spans) == 1:
+            r = spans[0]
+            return SeqRun(r.start, uids[r.start - 1:r.stop - 1])
         return [(n, uids[n - 1]) for n in seqset.numbers(sel.exists, clip=True)]
 
     def _uids(self, seqset: SequenceSet, uid: bool) -> list[int]:
