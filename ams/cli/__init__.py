@@ -23,8 +23,9 @@ def _handlers() -> dict[str, Handler]:
     from ams.cli import _commands as c
     from ams.cli import _serve as s
     from ams.cli._bboard import cmd_bboard
+    from ams.cli._mount import cmd_mount
     table: dict[str, Handler] = {
-        "bboard": cmd_bboard,
+        "bboard": cmd_bboard, "mount": cmd_mount,
         "init": c.cmd_init, "user": c.cmd_user, "mailbox": c.cmd_mailbox, "fsck": c.cmd_fsck,
         "status": c.cmd_status, "reindex": c.cmd_reindex, "queue": c.cmd_queue,
         "serve": s.cmd_serve,

@@ -6,6 +6,7 @@ import argparse
 
 from ams import __version__
 from ams.cli._bboard import add_bboard_arguments
+from ams.cli._mount import add_mount_arguments
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -116,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = cmd("status", "queue depths and live workers")
     s.add_argument("--json", action="store_true", help="machine-readable output")
+
+    add_mount_arguments(cmd("mount", "show mailboxes and bboards as .eml files (FUSE); "
+                                     "post by writing into a bboard"))
 
     add_bboard_arguments(cmd("bboard", "bulletin boards: create, post, read, subscribe, "
                                        "moderate, expire"), common)
