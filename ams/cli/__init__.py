@@ -23,9 +23,10 @@ def _handlers() -> dict[str, Handler]:
     from ams.cli import _commands as c
     from ams.cli import _serve as s
     from ams.cli._bboard import cmd_bboard
+    from ams.cli._doctor import cmd_doctor
     from ams.cli._mount import cmd_mount
     table: dict[str, Handler] = {
-        "bboard": cmd_bboard, "mount": cmd_mount,
+        "bboard": cmd_bboard, "mount": cmd_mount, "doctor": cmd_doctor,
         "init": c.cmd_init, "user": c.cmd_user, "mailbox": c.cmd_mailbox, "fsck": c.cmd_fsck,
         "status": c.cmd_status, "reindex": c.cmd_reindex, "queue": c.cmd_queue,
         "serve": s.cmd_serve,

@@ -6,6 +6,7 @@ import argparse
 
 from ams import __version__
 from ams.cli._bboard import add_bboard_arguments
+from ams.cli._doctor import add_doctor_arguments
 from ams.cli._mount import add_mount_arguments
 
 
@@ -121,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_mount_arguments(cmd("mount", "show mailboxes and bboards as .eml files (FUSE); "
                                      "post by writing into a bboard"))
 
+    add_doctor_arguments(cmd("doctor", "check that the shared filesystem gives what the store "
+                                       "relies on (run on two hosts at once)"))
     add_bboard_arguments(cmd("bboard", "bulletin boards: create, post, read, subscribe, "
                                        "moderate, expire"), common)
     return p

@@ -10,6 +10,8 @@ Layout under ``store.root`` (docs/format.md has the whole picture)::
     locks/ab/NAME.lock         dotlocks (dotlock method only)
     spool/…                    incoming and outgoing queues (ams.store.spool)
     tmp/HOST/                  this host's staging directory
+    doctor/verdicts/HOST.json  what ``ams doctor`` concluded on each host (docs/doctor.md);
+                               doctor/RUN/ exists only while a check runs
 
 Every directory with one entry per user, mailbox or message is sharded by
 hash so that none grows past about a thousand entries.
