@@ -52,6 +52,11 @@ class StoreConfig:
     compaction_grace_seconds: float = 3600.0
     #: Seconds to wait for a mailbox lock before giving up.
     lock_timeout: float = 60.0
+    #: The roles refuse to start on a network, cluster or FUSE filesystem
+    #: for which this host has no two-host ``ams doctor`` verdict (and
+    #: always on one it found unsafe, or with a lock method it ruled out).
+    #: False: start without a verdict (a verdict that says no still stops them).
+    require_doctor: bool = True
 
 
 @dataclass(frozen=True)

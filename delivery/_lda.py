@@ -169,10 +169,13 @@ def _check_sender(sender: str | None) -> str | None:
 
 
 def _open_store(config: Config) -> Store:
+    from ams.doctor import startup_check
+
     try:
         store = Store(config)
         store.check()
-    except StoreError as e:
+        startup_check(config, require_verdict=config.store.require_doctor)
+    except StoreError as e:  # EX_CONFIG: the MTA keeps the message and retries
         raise _Exit(EX_CONFIG, str(e)) from None
     except OSError as e:
         raise _Exit(EX_TEMPFAIL, f"cannot open the store: {describe(e)}") from None

@@ -201,3 +201,27 @@ def test_queue_list_show_retry_delete(site: Path) -> None:
     assert envs[0].id in ids
     assert ams("queue", "delete", *ids, cwd=site).returncode == 0
     assert spool.depth("in") == 0
+
+
+def test_roles_refuse_a_filesystem_doctor_found_unsafe(site: Path) -> None:
+    import json
+
+    from ams.doctor import fs_identity, verdict_path
+
+    root = site / "store"
+    path = verdict_path(root, "h1")
+    path.parent.mkdir(parents=True)
+    verdict = {"format": 1, "host": "h1", "time": 0, "date": "then", "run": "r1",
+               "verdict": "unsafe", "scope": "cross-host", "lock_method": None,
+               "methods_ok": [], "settings": {}, "reasons": ["appends seen 1 s late"],
+               "filesystem": fs_identity(root), "peers": ["h2"]}
+    path.write_text(json.dumps(verdict))
+    for role in (["mx", "--listen", "127.0.0.1:0"], ["worker"], ["imap", "--listen",
+                                                                  "127.0.0.1:0"]):
+        one_line_error(ams(*role, cwd=site), 1, "unsafe", "appends seen 1 s late")
+    r = ams("deliver", "-r", "nobody@example.test", cwd=site, stdin="Subject: x\n\nhi\n")
+    assert r.returncode == 78 and "unsafe" in r.stderr  # EX_CONFIG: the MTA retries later
+    # A verdict that allows only dotlock stops an fcntl host, not a dotlock one.
+    verdict.update(verdict="safe", lock_method="dotlock", methods_ok=["dotlock"])
+    path.write_text(json.dumps(verdict))
+    one_line_error(ams("worker", cwd=site), 1, 'lock_method = "dotlock"')

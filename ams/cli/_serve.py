@@ -134,16 +134,27 @@ def cmd_serve(args: argparse.Namespace) -> int:
                        args.listen_submission)
     _ensure_store(cfg)
     _logging()
+    check_filesystem(cfg)
     if args.gateways < 1:
         raise UsageError("--gateways must be at least 1")
     trio.run(_until_signalled, cfg, args.workers, args.gateways)
     return 0
 
 
+def check_filesystem(cfg: Config) -> None:
+    """Refuse to run a role on a filesystem ``ams doctor`` found (or, on a
+    network or FUSE filesystem, has not yet shown to be) unsafe for this host."""
+    from ams.doctor import startup_check
+
+    for warning in startup_check(cfg, require_verdict=cfg.store.require_doctor).warnings:
+        log.warning("%s", warning)
+
+
 def _serve_one(cfg: Config, serve: Callable[..., Awaitable[None]], label: str) -> int:
     """Run one listening role until SIGTERM or SIGINT, printing its address."""
     Store(cfg).check()
     _logging()
+    check_filesystem(cfg)
 
     async def run() -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -178,12 +189,16 @@ def cmd_submission(args: argparse.Namespace) -> int:
 
 def cmd_gateway(args: argparse.Namespace) -> int:
     from gateways import gateway_main
-    return gateway_main(load_config(args.config), args.count)
+    cfg = load_config(args.config)
+    check_filesystem(cfg)
+    return gateway_main(cfg, args.count)
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
     from delivery import worker_main
-    return worker_main(load_config(args.config), args.count)
+    cfg = load_config(args.config)
+    check_filesystem(cfg)
+    return worker_main(cfg, args.count)
 
 
 def cmd_deliver(args: argparse.Namespace) -> int:
