@@ -8,6 +8,7 @@ shown only for a bug, and only with ``AMS_DEBUG=1``.
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import sys
@@ -19,21 +20,22 @@ from ams.errors import AMSError, ConfigError, UsageError
 Handler = Callable[[argparse.Namespace], int]
 
 
-def _handlers() -> dict[str, Handler]:
-    from ams.cli import _commands as c
-    from ams.cli import _serve as s
-    from ams.cli._bboard import cmd_bboard
-    from ams.cli._doctor import cmd_doctor
-    from ams.cli._mount import cmd_mount
-    table: dict[str, Handler] = {
-        "bboard": cmd_bboard, "mount": cmd_mount, "doctor": cmd_doctor,
-        "init": c.cmd_init, "user": c.cmd_user, "mailbox": c.cmd_mailbox, "fsck": c.cmd_fsck,
-        "status": c.cmd_status, "reindex": c.cmd_reindex, "queue": c.cmd_queue,
-        "serve": s.cmd_serve,
-        "mx": s.cmd_mx, "imap": s.cmd_imap, "worker": s.cmd_worker, "deliver": s.cmd_deliver,
-        "submission": s.cmd_submission, "gateway": s.cmd_gateway,
-    }
-    return table
+#: Command → (module, function): a command imports only what it runs, so
+#: ``ams bboard post`` does not load trio, the protocol cores or FUSE.
+_HANDLERS = {
+    "bboard": ("ams.cli._bboard", "cmd_bboard"), "mount": ("ams.cli._mount", "cmd_mount"),
+    "doctor": ("ams.cli._doctor", "cmd_doctor"),
+    **{name: ("ams.cli._commands", f"cmd_{name}")
+       for name in ("init", "user", "mailbox", "fsck", "status", "reindex", "queue")},
+    **{name: ("ams.cli._serve", f"cmd_{name}")
+       for name in ("serve", "mx", "imap", "worker", "deliver", "submission", "gateway")},
+}
+
+
+def _handler(command: str) -> Handler:
+    module, name = _HANDLERS[command]
+    handler: Handler = getattr(importlib.import_module(module), name)
+    return handler
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -42,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=os.environ.get("AMS_LOG_LEVEL", "WARNING").upper(),
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
-        return _handlers()[args.command](args)
+        return _handler(args.command)(args)
     except (ConfigError, UsageError) as e:
         print(f"ams: {e}", file=sys.stderr)
         return 2
