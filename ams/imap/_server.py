@@ -94,6 +94,8 @@ RECV_SIZE = 65536
 IDLE_POLL = 0.2
 #: Messages per worker-thread hop in FETCH; responses leave between hops.
 FETCH_CHUNK = 2000
+#: How many times FETCH_CHUNK a FETCH answered from the index alone takes per hop.
+INDEX_ONLY_CHUNKS = 5
 PERMANENT_FLAGS = (*SYSTEM_FLAGS, "\\*")
 #: What the bridge advertises: only what it really implements.
 EXTENSIONS = DEFAULT_EXTENSIONS
@@ -479,8 +481,11 @@ class Session:
         plan = FetchPlan(ev, readonly=sel.readonly, utf8=self.conn.utf8,
                          condstore="CONDSTORE" in self.conn.enabled and not sel.nomodseq)
         others: list[tuple[int, Any]] = []
-        for i in range(0, len(pairs), FETCH_CHUNK):
-            got: FetchResult = await self.thread(fetch_chunk, sel, pairs[i:i + FETCH_CHUNK],
+        # Index-only answers are ~40 octets and ~0.5 µs each: bigger chunks,
+        # fewer thread hops.
+        step = FETCH_CHUNK * (INDEX_ONLY_CHUNKS if plan.template is not None else 1)
+        for i in range(0, len(pairs), step):
+            got: FetchResult = await self.thread(fetch_chunk, sel, pairs[i:i + step],
                                                  plan, self.bridge.cache)
             if got.seen:
                 # \Seen is in the responses: write it before they leave.
