@@ -70,7 +70,17 @@ def encode_envelope(env: M.Envelope, *, utf8: bool = False) -> bytes:
     ``R.encode_value(imap_value(M.envelope_to_imap(env)))`` gives, without
     building and checking the nested value first (a first FETCH of
     ENVELOPE on a big mailbox spends most of its time there)."""
-    s = functools.partial(R.encode_string, utf8=utf8)
+    encode = R.encode_string
+
+    def s(v: str | None) -> bytes:
+        # Printable ASCII with nothing to escape, the usual member, quoted
+        # here; anything else the way encode_string decides.
+        if v is None:
+            return b"NIL"
+        if v.isascii() and v.isprintable() and len(v) <= R.MAX_QUOTED and (
+                '"' not in v and "\\" not in v):
+            return b'"%s"' % v.encode("ascii")
+        return encode(v, utf8=utf8)
 
     def addresses(addrs: tuple[M.Address, ...]) -> bytes:
         if not addrs:
@@ -78,10 +88,13 @@ def encode_envelope(env: M.Envelope, *, utf8: bool = False) -> bytes:
         return b"(" + b"".join(b"(%s %s %s %s)" % (s(a.name), s(a.adl), s(a.mailbox), s(a.host))
                                for a in addrs) + b")"
 
+    # Sender and Reply-To, when absent, are From itself: encoded once.
+    from_ = addresses(env.from_)
+    sender = from_ if env.sender is env.from_ else addresses(env.sender)
+    reply_to = from_ if env.reply_to is env.from_ else addresses(env.reply_to)
     return b"(%s %s %s %s %s %s %s %s %s %s)" % (
-        s(env.date), s(env.subject), addresses(env.from_), addresses(env.sender),
-        addresses(env.reply_to), addresses(env.to), addresses(env.cc), addresses(env.bcc),
-        s(env.in_reply_to), s(env.message_id))
+        s(env.date), s(env.subject), from_, sender, reply_to, addresses(env.to),
+        addresses(env.cc), addresses(env.bcc), s(env.in_reply_to), s(env.message_id))
 
 
 def internal_date(m: IndexedMessage) -> datetime:
