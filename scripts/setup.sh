@@ -10,8 +10,11 @@ cd "$(dirname "$0")/.."
 
 say() { [ -n "${AMS_SETUP_QUIET:-}" ] || printf 'setup: %s\n' "$*" >&2; }
 
-# System packages: what pyfuse3 builds against, and what the tests drive.
-PKGS=(libfuse3-dev fuse3 pkg-config python3-venv python3-dev gcc swaks isync mutt tmux)
+# System packages: what pyfuse3 builds against, and what the tests drive
+# (the multi-host tests bring up GlusterFS, MooseFS and sshfs themselves).
+PKGS=(libfuse3-dev fuse3 pkg-config python3-venv python3-dev gcc swaks libnet-ssleay-perl isync mutt tmux
+      glusterfs-server glusterfs-client moosefs-master moosefs-chunkserver moosefs-client
+      sshfs openssh-server openssh-client iproute2 util-linux)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

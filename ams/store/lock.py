@@ -184,7 +184,13 @@ class Lock:
     # -- fcntl ---------------------------------------------------------------
 
     def _acquire_fcntl(self, deadline: float) -> None:
-        fd = os.open(self.fcntl_path, os.O_RDWR | os.O_CREAT, 0o640)
+        try:
+            fd = os.open(self.fcntl_path, os.O_RDWR | os.O_CREAT, 0o640)
+        except FileExistsError:
+            # A plain O_CREAT (no O_EXCL) that raced another host's create of
+            # the same file: the kernel's lookup missed it, the server's create
+            # found it, and MooseFS answers EEXIST.  It is there now: open it.
+            fd = os.open(self.fcntl_path, os.O_RDWR)
         delay = 0.0005
         try:
             while True:
