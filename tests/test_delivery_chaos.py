@@ -88,7 +88,10 @@ def test_sigkill_chaos_every_message_exactly_once(tmp_path: Path) -> None:
     assert kills >= 5 and added
     assert spool.depth("in") == 0 and spool.depth("in", Place.CLAIMED) == 0
     assert spool.depth("in", Place.FAILED) == 0
-    assert spool.live_workers() == []
+    # Workers stopped by SIGTERM deregister.  (One SIGKILLed in the last
+    # second or two may still be within its lease: that is checked below.)
+    stopped = {p.pid for p in procs}
+    assert [w for w in spool.live_workers() if w.pid in stopped] == []
     # Killed workers leave heartbeats until a live worker reclaims them after
     # their lease; do what the next worker to start would do, then check.
     time.sleep(2.0 + 0.2 + 0.1)  # lease + skew of this test's config: a wait the protocol needs
