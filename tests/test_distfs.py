@@ -78,6 +78,7 @@ DRAIN = 150.0
 #: defaults and sshfs's locks every time, in a fraction of the default's time.
 DOCTOR_ROUNDS = 10
 RACE_ROUNDS = 150
+MKDIR_ROUNDS = 600
 
 pytestmark = pytest.mark.slow
 
@@ -354,9 +355,10 @@ def _race(p: Pool, op: str, name: str, *, method: str = "dotlock", rounds: int =
 @pools("glusterfs", "moosefs", "sshfs")
 def test_lost_races_have_one_winner_and_no_error(pool: Doctored) -> None:
     """Two hosts race to create, claim, make directories and make the file of
-    an fcntl lock on first use: exactly one wins each create and claim, and
-    whatever errno the filesystem gives the loser (EPERM on sshfs) is
-    understood, never raised."""
+    an fcntl lock on first use: exactly one wins each create and claim, every
+    directory is there at the end, and whatever errno the filesystem gives
+    the loser (EPERM on sshfs, EEXIST for a plain O_CREAT on MooseFS, EEXIST
+    to both mkdirs and then ENOENT on GlusterFS) is understood, never raised."""
     p = pool.pool
     base = p.mounts["a"] / "races"
     (base / "rename").mkdir(parents=True, exist_ok=True)
@@ -364,12 +366,13 @@ def test_lost_races_have_one_winner_and_no_error(pool: Doctored) -> None:
         (base / "rename" / f"src{i}").write_bytes(b"x")
     for op in ("excl", "rename", "mkdir", "lockfile"):
         (base / op).mkdir(parents=True, exist_ok=True)
-        results = _race(p, op, op)
+        # GlusterFS loses about one mkdir race in a few hundred (see _fs.makedirs).
+        results = _race(p, op, op, rounds=MKDIR_ROUNDS if op == "mkdir" else RACE_ROUNDS)
         assert [r["error"] for r in results] == [None, None], (op, results)
         if op in ("excl", "rename"):
             wins = Counter(i for r in results for i in r["won"])
             assert sorted(wins) == list(range(RACE_ROUNDS)) and set(wins.values()) == {1}, op
-    assert all((base / "mkdir" / f"d{i}" / "e").is_dir() for i in range(RACE_ROUNDS))
+    assert all((base / "mkdir" / f"d{i}" / "e").is_dir() for i in range(MKDIR_ROUNDS))
 
 
 @pools("glusterfs", "moosefs", "sshfs")

@@ -37,23 +37,48 @@ def fsync_dir(path: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
+#: How often :func:`makedirs` starts again when a directory it saw made vanished.
+MKDIR_ATTEMPTS = 5
+
+
 def makedirs(path: str | os.PathLike[str], *, sync: bool = True) -> None:
-    """mkdir -p, fsyncing each parent that gained an entry."""
+    """mkdir -p, fsyncing each parent that gained an entry.
+
+    Hosts may make the same directories at once.  The loser of a mkdir race
+    normally sees EEXIST (EPERM on sshfs), but GlusterFS 10 can answer EEXIST
+    to *both* creators and leave no directory at all (tests/test_distfs.py
+    catches it about once in a few hundred races), so the next mkdir below
+    it fails with ENOENT.  A path still missing afterwards is made again.
+    """
     p = Path(path)
-    if p.is_dir():
-        return
-    missing: list[Path] = []
-    q = p
-    while not q.is_dir():
-        missing.append(q)
-        q = q.parent
-    for d in reversed(missing):
+    for attempt in range(MKDIR_ATTEMPTS):
+        if attempt:
+            time.sleep(0.005 * attempt)
+        if p.is_dir():
+            return
+        missing: list[Path] = []
+        q = p
+        while not q.is_dir():
+            missing.append(q)
+            q = q.parent
         try:
-            os.mkdir(d)
-        except FileExistsError:
+            for d in reversed(missing):
+                try:
+                    os.mkdir(d)
+                except OSError as e:
+                    if e.errno == errno.EEXIST or (e.errno in EXISTS_ERRNOS and d.is_dir()):
+                        continue
+                    raise
+                if sync:
+                    fsync_dir(d.parent)
+        except FileNotFoundError:
+            if attempt == MKDIR_ATTEMPTS - 1:
+                raise
             continue
-        if sync:
-            fsync_dir(d.parent)
+        if p.is_dir():
+            return
+    raise FileNotFoundError(errno.ENOENT, "directory made but not there after "
+                            f"{MKDIR_ATTEMPTS} attempts", str(p))
 
 
 def unique_suffix() -> str:
