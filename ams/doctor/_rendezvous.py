@@ -440,11 +440,17 @@ class Session:
     # -- marks and barriers --------------------------------------------------------
 
     def mark(self, scope: str, name: str) -> None:
+        path = self.sync_dir(scope) / f"{name}.{self.me}"
         try:
-            fd = os.open(self.sync_dir(scope) / f"{name}.{self.me}",
-                         os.O_WRONLY | os.O_CREAT, 0o644)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
         except FileNotFoundError:
             raise Aborted(GONE) from None
+        except FileExistsError:
+            # A plain O_CREAT can still meet EEXIST on a distributed
+            # filesystem (a racing create seen late): the mark is there.
+            if not path.exists():
+                raise
+            return
         os.close(fd)
 
     def wait(self, scope: str, name: str, who: Iterable[int]) -> None:
