@@ -26,7 +26,6 @@ Settings below the verdict's recommendation (``clock_skew``,
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +34,7 @@ from typing import Any
 from ams.config import Config
 from ams.doctor._model import Report
 from ams.errors import StoreError
-from ams.index._fstype import mount_of, parse_mountinfo, parse_proc_mounts, shared_fs_reason
+from ams.index._fstype import mount_holding, shared_fs_reason
 from ams.store import _fs
 
 VERDICT_FORMAT = 1
@@ -51,18 +50,10 @@ def verdict_path(root: Path, host: str) -> Path:
 
 def fs_identity(path: Path) -> dict[str, str]:
     """The mount holding ``path``: mountpoint, fstype, source ({} if unknown)."""
-    real = os.path.realpath(path)
-    for proc, parse in (("/proc/self/mountinfo", parse_mountinfo),
-                        ("/proc/mounts", parse_proc_mounts)):
-        try:
-            with open(proc, encoding="utf-8", errors="surrogateescape") as f:
-                text = f.read()
-        except OSError:
-            continue
-        m = mount_of(real, parse(text))
-        if m is not None:
-            return {"mountpoint": m.mountpoint, "fstype": m.fstype, "source": m.source}
-    return {}
+    m = mount_holding(path)
+    if m is None:
+        return {}
+    return {"mountpoint": m.mountpoint, "fstype": m.fstype, "source": m.source}
 
 
 def write_verdict(root: Path, host: str, report: Report, identity: dict[str, str]) -> Path:

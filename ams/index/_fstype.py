@@ -125,8 +125,9 @@ def shared_fs_reason(fstype: str) -> str | None:
     return None
 
 
-def filesystem_type(path: Path) -> tuple[str, str] | None:
-    """(mount point, fs type) of the existing ``path``, or None if unknown."""
+def mount_holding(path: str | Path) -> Mount | None:
+    """The mount that holds ``path`` (resolved), from the kernel's mount
+    tables; None if they cannot be read."""
     real = os.path.realpath(path)
     for proc, parse in (("/proc/self/mountinfo", parse_mountinfo),
                         ("/proc/mounts", parse_proc_mounts)):
@@ -137,7 +138,16 @@ def filesystem_type(path: Path) -> tuple[str, str] | None:
             continue
         m = mount_of(real, parse(text))
         if m is not None:
-            return m.mountpoint, m.fstype
+            return m
+    return None
+
+
+def filesystem_type(path: Path) -> tuple[str, str] | None:
+    """(mount point, fs type) of the existing ``path``, or None if unknown."""
+    m = mount_holding(path)
+    if m is not None:
+        return m.mountpoint, m.fstype
+    real = os.path.realpath(path)
     magic = _statfs_magic(real)
     if magic is not None:
         return real, _SHARED_MAGIC.get(magic, f"0x{magic:x}")
