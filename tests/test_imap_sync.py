@@ -254,6 +254,52 @@ def test_fetch_skips_a_message_expunged_but_not_yet_reported(make_config: MakeCo
             assert lines[2].startswith(want), lines
 
 
+def test_whole_run_fetch_answers_as_the_per_message_walk(make_config: MakeConfig) -> None:
+    """The one-format answer for a run of consecutive messages (what
+    ``UID FETCH 1:* (FLAGS)`` takes) must give exactly the bytes of the walk
+    message by message, for every index-only item list, with flags that
+    differ in length (none, one, many, keywords); and with an expunge the
+    session has not yet heard of, it must step aside."""
+    from ams.imap._backend import Account
+    from ams.imap._fetch import FetchPlan, SeqRun, fetch_chunk
+    from ams.protocols.imap import Fetch, SequenceSet
+    from ams.protocols.imap._commands import FetchAttribute
+
+    cfg, store = site(make_config)
+    add_users(store, "alice")
+    seed(store, "alice", 40)
+    inbox = UserRegistry(store).mailboxes("alice").open("INBOX")
+    inbox.store_flags(FlagOp.ADD, ["\\Seen"], list(range(1, 41, 2)))
+    inbox.store_flags(FlagOp.ADD, ["\\Flagged", "$Important"], list(range(1, 41, 3)))
+    inbox.store_flags(FlagOp.ADD, [f"kw{i}" for i in range(12)], [7, 8])
+    with Index(cfg) as ix:
+        sel = Account(store, ix, "alice").select("INBOX")
+
+        def both(attrs: tuple[str, ...], condstore: bool, lo: int, hi: int) -> tuple[bytes, bytes]:
+            ev = Fetch(tag="a", sequence_set=SequenceSet.parse(b"1:*"), uid=True,
+                       attributes=tuple(FetchAttribute(a) for a in attrs))
+            plan = FetchPlan(ev, readonly=True, utf8=False, condstore=condstore)
+            assert plan.template is not None
+            run = SeqRun(lo + 1, sel.uids[lo:hi])
+            fast = bytes(fetch_chunk(sel, run, plan, None).data)
+            slow = bytes(fetch_chunk(sel, list(run), plan, None).data)
+            return fast, slow
+
+        for attrs in (("UID", "FLAGS"), ("FLAGS", "UID"), ("UID", "RFC822.SIZE"),
+                      ("UID", "FLAGS", "RFC822.SIZE", "MODSEQ"), ("FLAGS", "FLAGS", "UID")):
+            for condstore in (False, True):
+                for lo, hi in ((0, 40), (5, 9), (39, 40)):
+                    fast, slow = both(attrs, condstore, lo, hi)
+                    assert fast == slow, (attrs, condstore, lo, hi)
+                    assert fast.count(b"\r\n") == hi - lo
+        fast, _ = both(("UID", "FLAGS"), False, 6, 8)
+        assert b"kw11" in fast and b"* 8 FETCH (UID 8 FLAGS (" in fast
+        inbox.expunge([20])
+        sel.refresh(allow_expunge=False)
+        fast, slow = both(("UID", "FLAGS"), False, 0, 40)
+        assert fast == slow and fast.count(b"\r\n") == 39 and b"UID 20 " not in fast
+
+
 def test_seq_runs_behave_as_lists_of_pairs() -> None:
     from array import array
 

@@ -30,6 +30,7 @@ transaction outlives a method call, so trio code calls these methods through
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import sys
@@ -589,12 +590,26 @@ class MailboxView:
                               MSG_KEY.pack(self._meta.mbx, last)):
             yield from_bytes(k[4:], "big"), v
 
-    def values(self, first: int, last: int) -> list[bytes]:
-        """The stored values for first <= UID <= last, in UID order (no keys)."""
+    def values(self, first: int, last: int, count: int | None = None) -> list[bytes]:
+        """The stored values for first <= UID <= last, in UID order (no keys).
+
+        With ``count``, the caller expects that many: they are taken in one
+        go, and only when exactly ``count`` are in the range; otherwise the
+        answer is whatever the range holds, as without it."""
         hi = MSG_KEY.pack(self._meta.mbx, last)
         cur = self._txn.cursor(db=self._index._msgs)
         if not cur.set_range(MSG_KEY.pack(self._meta.mbx, first)):
             return []
+        if count:
+            # The walk is in C; the range check is on the last key alone
+            # (keys are sorted and the first is >= first), then one step on
+            # to see that nothing more is in range.
+            got = list(itertools.islice(cur.iternext(keys=False), count))
+            if len(got) == count and cur.key() <= hi and not (
+                    cur.next() and cur.key() <= hi):
+                return got
+            if not cur.set_range(MSG_KEY.pack(self._meta.mbx, first)):
+                return []
         out = []
         append = out.append
         for k, v in cur:
