@@ -27,6 +27,15 @@ Settling an entry, in this order:
    gets nothing yet: bounces through the outbound gateway are a later issue.
 4. the claim is completed, and one log line says what happened.
 
+A mailbox whose lock another writer holds past ``store.lock_timeout`` (a
+host cut off from the filesystem with the lock in hand, a stuck process) is
+**set aside**: later batches wait only ``ASIDE_WAIT`` for its lock, so one
+stuck mailbox costs one full timeout per worker process, not one per batch,
+and the rest of the mail keeps flowing.  Its entries are released after the
+usual backoff *without* counting an attempt: a held lock delays mail, it
+never makes it fail.  The first append that gets the lock again puts the
+mailbox back.  Set-aside marks are per process, in memory.
+
 An entry that cannot be read (CorruptionError) goes to failed at once:
 retrying cannot fix its bytes.  Before every append and every enqueue the
 worker's lease is checked [S5]; LockLost propagates, and the pool stops
@@ -40,9 +49,10 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 
-from ams.errors import CorruptionError, LockLost
-from ams.store import Claim, ClaimLost, Entry, Spool, Store, Worker
+from ams.errors import CorruptionError, LockLost, LockTimeout
+from ams.store import Appended, Claim, ClaimLost, Entry, Spool, Store, Worker
 from delivery._filing import (
     Filer,
     Filing,
@@ -59,6 +69,8 @@ from delivery._resolve import _describe as describe
 log = logging.getLogger("delivery.worker")
 
 BATCH_BYTES = 32 * 1024 * 1024
+#: How long a batch waits for the lock of a mailbox that is set aside.
+ASIDE_WAIT = 0.5
 
 
 @dataclass
@@ -73,6 +85,9 @@ class Job:
     duplicates: int = 0
     #: Why the entry must be retried (empty: it was settled, see ``state``).
     temporary: list[str] = field(default_factory=list)
+    #: How many of those reasons are a mailbox lock held elsewhere: when
+    #: all are, the retry counts no attempt.
+    locked: int = 0
     #: "completed", "failed" (moved to failed), "lost" (reclaimed) or ""
     #: (still claimed: release it, counting an attempt, after a backoff).
     state: str = ""
@@ -95,6 +110,9 @@ class Deliverer:
         self.batch_bytes = batch_bytes
         domains = store.config.mail.domains
         self.notice_domain = domains[0] if domains else store.host
+        #: Mailboxes set aside (log dir → since when, monotonic); shared by
+        #: this process's workers (single dict operations only).
+        self.aside: dict[Path, float] = {}
 
     def deliver(self, worker: Worker, claims: Sequence[Claim]) -> list[Job]:
         """Deliver ``claims``; return every job, settled or to be released."""
@@ -180,7 +198,13 @@ class Deliverer:
                         for f in group)
             worker.check()  # [S5] never file on a lapsed lease
             try:
-                results = self.filer.append(target, group, dedupe_since_us=since)
+                results = self._append(target, group, since)
+            except LockTimeout as e:
+                for f in group:
+                    job = owner[id(f)]
+                    job.temporary.append(f"{f.recipient} -> {target}: {describe(e)}")
+                    job.locked += 1
+                continue
             except TEMPORARY_ERRORS as e:
                 for f in group:
                     owner[id(f)].temporary.append(f"{f.recipient} -> {target}: {describe(e)}")
@@ -189,6 +213,27 @@ class Deliverer:
                 job = owner[id(f)]
                 job.filed += 1
                 job.duplicates += a.duplicate
+
+    def _append(self, target: Mailbox, group: list[Filing], since: int) -> list[Appended]:
+        """One group commit; a lock held past the timeout sets ``target``
+        aside, and a set-aside mailbox is waited for only ``ASIDE_WAIT``."""
+        key = target.path
+        aside = key in self.aside
+        try:
+            results = self.filer.append(target, group, dedupe_since_us=since,
+                                        lock_timeout=ASIDE_WAIT if aside else None)
+        except LockTimeout:
+            if not aside:
+                self.aside[key] = time.monotonic()
+                log.warning("mailbox %s set aside: its lock is held elsewhere; its mail "
+                            "waits, the rest goes on", target)
+            raise
+        if aside:
+            began = self.aside.pop(key, None)
+            if began is not None:
+                log.info("mailbox %s is back after %.0f s set aside", target,
+                         time.monotonic() - began)
+        return results
 
     def _finish(self, worker: Worker, job: Job) -> None:
         assert job.entry is not None and job.plan is not None
@@ -242,9 +287,10 @@ class Deliverer:
                        f"{env.id}/notice", int(now), local_offset_minutes(now))
             worker.check()
             try:
-                self.filer.append(t, [f], dedupe_since_us=env.received_us)
+                self._append(t, [f], env.received_us)
             except TEMPORARY_ERRORS as e:
                 job.temporary.append(f"notice to {env.mail_from}: {describe(e)}")
+                job.locked += isinstance(e, LockTimeout)
 
     def _settle(self, job: Job, state: str, action: Callable[[], object]) -> bool:
         """Run ``action`` (complete or fail); True if it took effect."""

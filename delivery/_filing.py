@@ -200,10 +200,11 @@ class Filer:
             return lg
 
     def append(self, target: Mailbox, filings: Sequence[Filing], *,
-               dedupe_since_us: int) -> list[Appended]:
+               dedupe_since_us: int, lock_timeout: float | None = None) -> list[Appended]:
         """File ``filings`` into ``target`` in one append (group commit) [W1, W7]."""
         return self.log(target).append([f.new_message() for f in filings],
-                                       dedupe_since_us=dedupe_since_us)
+                                       dedupe_since_us=dedupe_since_us,
+                                       lock_timeout=lock_timeout)
 
 
 def group_by_mailbox(filings: Iterable[Filing]) -> dict[Path, list[Filing]]:

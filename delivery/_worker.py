@@ -18,6 +18,8 @@ of task:
   (the heartbeat keeps it ours) for ``retry_min * 2**attempts`` seconds, at
   most ``retry_max``, then released, which counts an attempt; so an outage
   of a few minutes does not burn ``limits.delivery_attempts`` in a second.
+  An entry held up only by mailbox locks held elsewhere (a set-aside
+  mailbox, see delivery._batch) waits ``retry_max`` and counts nothing.
   (The spool has no deferred queue yet; this is the stand-in.)
 
 Every blocking store call runs in a thread, one logical operation per call
@@ -36,6 +38,7 @@ id when the entry is retried.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import random
@@ -104,17 +107,27 @@ class WorkerPool(SpoolPool):
             delay = min(delay * 2, opts.idle_max) if cs.cancelled_caught else opts.idle_min
 
     async def _release_later(self, worker: Worker, job: Job) -> None:
-        """Back off, then release a temporarily failed entry (counted) [S4]."""
+        """Back off, then release a temporarily failed entry, counted [S4];
+        one that only waits for mailbox locks held elsewhere is released
+        after ``retry_max``, uncounted (see delivery._batch)."""
         claim = job.claim
         opts = self.options
-        wait = min(opts.retry_min * 2 ** min(claim.attempts, 30), opts.retry_max)
         reason = "; ".join(job.temporary) or "temporary failure"
-        log.warning("temporary failure delivering %s (attempt %d of %d), retry in %.1f s: %s",
-                    claim.entry_id, claim.attempts + 1, self.spool.max_attempts, wait, reason)
+        held = 0 < job.locked == len(job.temporary)
+        if held:
+            wait = opts.retry_max
+            log.warning("%s waits for a mailbox lock held elsewhere, retry in %.1f s "
+                        "(no attempt counted): %s", claim.entry_id, wait, reason)
+        else:
+            wait = min(opts.retry_min * 2 ** min(claim.attempts, 30), opts.retry_max)
+            log.warning("temporary failure delivering %s (attempt %d of %d), retry in %.1f s: "
+                        "%s", claim.entry_id, claim.attempts + 1, self.spool.max_attempts,
+                        wait, reason)
         await trio.sleep(wait)
         while True:
             try:
-                disp = await trio.to_thread.run_sync(worker.release, claim, reason)
+                disp = await trio.to_thread.run_sync(
+                    functools.partial(worker.release, claim, reason, count=not held))
             except ClaimLost:
                 return
             except (OSError, StoreError) as e:

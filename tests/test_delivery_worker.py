@@ -8,6 +8,8 @@ from __future__ import annotations
 import logging
 import random
 import signal
+import subprocess
+import sys
 from collections import Counter
 from functools import partial
 from pathlib import Path
@@ -284,6 +286,68 @@ async def test_cancel_releases_claims_uncounted(tmp_path: Path) -> None:
     assert all(e.attempts == 0 for e in left)
     ids = delivery_ids(reg, "ann")
     assert set(ids.values()) == {1} and len(ids) + len(left) == 300
+
+
+HOLD_LOCK = """
+import fcntl, os, sys
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o640)
+fcntl.lockf(fd, fcntl.LOCK_EX)
+print("held", flush=True)
+sys.stdin.read()
+"""
+
+
+async def test_a_mailbox_locked_elsewhere_is_set_aside(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Another process holds ben's INBOX lock (what a host cut off from the
+    filesystem does).  Each message is for ann and ben, one per batch, so
+    without setting ben's INBOX aside every batch would wait the full
+    lock_timeout before ann's copy is settled.  With it, only the first one
+    waits; ben's copies wait for the lock without using up attempts (the
+    limit is 2), and are filed exactly once when the lock is let go."""
+    caplog.set_level(logging.INFO, logger="delivery")
+    lock_timeout = 4.0
+    config, store, reg = setup_store(config_dict(tmp_path, attempts=2,
+                                                 lock_timeout=lock_timeout), ["ann", "ben"])
+    spool = Spool(store)
+    held = reg.mailboxes("ben").lookup("INBOX").path / "lock"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(held)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout is not None and holder.stdin is not None
+        with trio.fail_after(WAIT):
+            line = await trio.to_thread.run_sync(holder.stdout.readline)
+        assert line == b"held\n"
+        n = 6
+        ids = [spool.enqueue("in", mail_from="", message=msg(f"h{i}"),
+                             rcpt_to=["ann@example.test", "ben@example.test"]).id
+               for i in range(n)]
+        async with trio.open_nursery() as nursery:
+            t0 = trio.current_time()
+            await nursery.start(partial(serve_workers, config, options=PoolOptions(
+                batch=1, retry_min=0.01, retry_max=0.05)))
+            with trio.fail_after(WAIT):
+                while len(await trio.to_thread.run_sync(delivery_ids, reg, "ann")) < n:
+                    await trio.sleep(0.02)
+            took = trio.current_time() - t0
+            # One full wait, then ASIDE_WAIT per batch: well under two
+            # timeouts (without setting aside, n timeouts: 24 s).
+            assert took < 2 * lock_timeout, took
+            assert delivery_ids(reg, "ben") == Counter()
+            # Retried over and over, never counted: nothing has failed.
+            assert spool.depth("in", Place.FAILED) == 0
+            assert all(e.attempts == 0 for e in spool.list_entries("in"))
+            holder.stdin.close()
+            await trio.to_thread.run_sync(holder.wait, WAIT)
+            await wait_idle(spool)
+            nursery.cancel_scope.cancel()
+    finally:
+        stop(holder)
+    assert spool.depth("in", Place.FAILED) == 0
+    want = {f"{i}/{u}@example.test" for i in ids for u in ("ann", "ben")}
+    got = delivery_ids(reg, "ann") + delivery_ids(reg, "ben")
+    assert set(got) == want and set(got.values()) == {1}
+    assert caplog.text.count("set aside:") == 1 and "ben:INBOX is back" in caplog.text
 
 
 # -- real processes ----------------------------------------------------------------------

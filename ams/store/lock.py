@@ -46,6 +46,8 @@ import os
 import secrets
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -128,9 +130,12 @@ class Lock:
 
     # -- public ------------------------------------------------------------
 
-    def acquire(self) -> None:
-        deadline = time.monotonic() + self.timeout
-        if not self._mutex.acquire(timeout=self.timeout):
+    def acquire(self, timeout: float | None = None) -> None:
+        """Take the lock, waiting at most ``timeout`` seconds (None: the
+        lock's own timeout), else LockTimeout."""
+        timeout = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        if not self._mutex.acquire(timeout=timeout):
             raise LockTimeout(f"timed out waiting for {self.dot_path.name} in this process")
         try:
             if self.method == "fcntl":
@@ -173,6 +178,16 @@ class Lock:
             raise LockLost(f"{self.dot_path} was broken by another host")
         if self._expires - now < self.lease / 2:
             self._renew()
+
+    @contextmanager
+    def waiting(self, timeout: float | None) -> Iterator[Lock]:
+        """The lock as a context manager that waits at most ``timeout``
+        seconds for it (None: the lock's own timeout)."""
+        self.acquire(timeout)
+        try:
+            yield self
+        finally:
+            self.release()
 
     def __enter__(self) -> Lock:
         self.acquire()

@@ -268,14 +268,17 @@ class MailboxLog:
     # -- writing ------------------------------------------------------------
 
     def append(self, messages: Sequence[NewMessage], *,
-               dedupe_since_us: int | None = None) -> list[Appended]:
+               dedupe_since_us: int | None = None,
+               lock_timeout: float | None = None) -> list[Appended]:
         """File ``messages`` in order, sharing one fsync (group commit) [W1].
 
-        Returns one Appended per message, in the same order.
+        Returns one Appended per message, in the same order.  Waits at most
+        ``lock_timeout`` seconds for the log's lock (None: the configured
+        ``store.lock_timeout``), else LockTimeout and nothing is written.
         """
         if not messages:
             return []
-        with self.lock:
+        with self.lock.waiting(lock_timeout):
             tail = self._locate_tail()
             try:
                 seen: dict[str, tuple[int, int]] = {}
