@@ -300,6 +300,47 @@ def test_whole_run_fetch_answers_as_the_per_message_walk(make_config: MakeConfig
         assert fast == slow and fast.count(b"\r\n") == 39 and b"UID 20 " not in fast
 
 
+def test_search_keeps_text_spans_and_answers_the_same_from_them(
+        make_config: MakeConfig) -> None:
+    """BODY and TEXT walk a message's MIME structure once per host: the
+    first search keeps where its text parts lie in the index cache, the
+    next reads them from there, with the same answers.  Messages the raw
+    octets already rule out (plain ASCII, for an ASCII word) are not walked."""
+    from ams.imap._backend import Account
+    from ams.imap._fetch import CACHE_VERSION, TEXT_SPANS, FetchCache, search_matches
+    from ams.protocols.imap._commands import And, BodyKey, Not, TextKey
+
+    cfg, store = site(make_config)
+    add_users(store, "alice")
+    seed(store, "alice", 3)
+    inbox = UserRegistry(store).mailboxes("alice").open("INBOX")
+    inbox.append([NewMessage(multipart(), internal_date=1_700_000_100),
+                  NewMessage(multipart().replace(b"Alice", b"Zora"), internal_date=1_700_000_200)])
+    keys = [BodyKey("schöne grüße"), TextKey("köln"), BodyKey("zora"), TextKey("body 2"),
+            And((TextKey("alice"), Not(BodyKey("nothing like this")))), BodyKey("binary")]
+    with Index(cfg) as ix:
+        sel = Account(store, ix, "alice").select("INBOX")
+
+        def kept() -> dict[int, bytes]:
+            with ix.view(sel.log_id) as view:
+                return {u: got for u in sel.uids
+                        if (got := view.cached(u, TEXT_SPANS)) is not None}
+
+        assert kept() == {}
+        # An ASCII word: the plain ASCII notes are ruled out by their octets.
+        assert [u for _, u in search_matches(sel, BodyKey("zora"), FetchCache())] == [5]
+        assert sorted(kept()) == [4, 5]
+        first = [search_matches(sel, k, FetchCache()) for k in keys]
+        spans = kept()
+        assert sorted(spans) == [1, 2, 3, 4, 5]
+        assert all(v[:1] == CACHE_VERSION for v in spans.values())
+        again = [search_matches(sel, k, FetchCache()) for k in keys]
+        assert again == first and kept() == spans
+        # TEXT "alice" is in every To:; the attachment is not text, so not searched.
+        assert [[u for _, u in got] for got in first] == [[4, 5], [4, 5], [5], [2],
+                                                          [1, 2, 3, 4, 5], []]
+
+
 def test_seq_runs_behave_as_lists_of_pairs() -> None:
     from array import array
 

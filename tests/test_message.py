@@ -85,6 +85,7 @@ from ams.message import (
     partial,
     section,
 )
+from ams.message._search import decode_text_spans, encode_text_spans, text_spans
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -787,6 +788,16 @@ def test_sent_dates_fall_back_to_the_internal_date() -> None:
     assert matches(SentOn(date(2024, 1, 3)), info(b"Date: garbage\r\n\r\n"))
 
 
+def test_text_decodes_each_fields_encoded_words_on_their_own() -> None:
+    """A field ending in an encoded word is not joined to the next field's
+    name (as decoding the whole header block at once would do)."""
+    m = info(b"Subject: =?utf-8?q?caf=C3=A9?=\r\nTo: bob@x\r\n"
+             b"X-Two: =?utf-8?q?a?=\r\n =?utf-8?q?b?= end\r\n\r\nbody\r\n")
+    assert matches(Text("café"), m) and matches(Text("subject: café to: bob"), m)
+    assert not matches(Text("caféto"), m)
+    assert matches(Text("x-two: ab end"), m)  # adjacent encoded words still join
+
+
 def test_search_reads_only_what_it_needs() -> None:
     calls: list[int] = []
 
@@ -881,6 +892,41 @@ def check_everything(msg: bytes) -> None:
     m = info(msg)
     for key in (Text("é"), From("a"), Cc("b"), SentOn(date(2024, 1, 2)), Header("subject", "")):
         matches(key, m)
+    check_text_spans(msg)
+
+
+def check_text_spans(msg: bytes) -> None:
+    """BODY and TEXT answer the same from kept text spans as from a walk,
+    and a walk hands its spans over once."""
+    spans = text_spans(msg)
+    data = encode_text_spans(spans)
+    assert decode_text_spans(data) == spans
+    words = msg.decode("utf-8", "replace").split()
+    needles = ["é", "a", "lait", "plain words", *words[::max(1, len(words) // 6)][:6]]
+    kept: list[bytes] = []
+    walked = info(msg, keep_text_spans=kept.append)
+    known = info(msg, text_spans=data, keep_text_spans=kept.append)
+    for n in needles:
+        for key in (Body(n), Text(n)):
+            before = len(kept)
+            assert matches(key, walked) == matches(key, known), (key, msg)
+            assert kept[before:] in ([], [data])  # only the walk hands spans over
+
+
+_TEXTY = st.text(alphabet=st.sampled_from(list("aAbBß ssSſ\t\n\r\u00a0\u2028İi̇ﬃffiΣσς")),
+                 max_size=40)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(_TEXTY, _TEXTY)
+def test_contains_skips_collapsing_only_where_it_cannot_matter(haystack: str,
+                                                               needle: str) -> None:
+    """SEARCH compares case-folded text with blanks collapsed; for a needle
+    without a space once folded, the haystack is only case-folded.  Both
+    must give the same answer on any text (Unicode blanks, and letters
+    whose case folding changes their length, included)."""
+    from ams.message._search import _contains, _fold
+    assert _contains(haystack, needle) == (_fold(needle) in _fold(haystack))
 
 
 @settings(max_examples=1000, deadline=None)

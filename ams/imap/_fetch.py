@@ -107,6 +107,8 @@ INDEX_ITEMS = frozenset({"FLAGS", "UID", "INTERNALDATE", "RFC822.SIZE", "MODSEQ"
 #: Items kept, encoded, in the index's ``cache`` database (no section).
 CACHED_KINDS = {"ENVELOPE": b"E", "BODYSTRUCTURE": b"S", "BODY": b"B"}
 CACHE_VERSION = b"\x01"
+#: The cache kind of where a message's text parts lie (for SEARCH BODY/TEXT).
+TEXT_SPANS = b"T"
 
 
 class FetchPlan:
@@ -459,14 +461,34 @@ def search_matches(sel: Selected, criteria: P.SearchKey, cache: FetchCache,
     key = convert_key(criteria)
     largest_uid = sel.uids[-1] if sel.uids else 0
     out = []
-    with sel.log.message_reader() as reader:
+    # BODY and TEXT need to know where a message's text parts are: kept in
+    # the index cache, so that only a message's first such search walks its
+    # MIME structure.
+    spans = M.needs(key) > M.Need.HEADER
+    puts: list[tuple[int, bytes, bytes]] = []
+    with sel.log.message_reader() as reader, sel.index.view(sel.log_id) as view:
         for seq, m in sel.messages(sel.uids):
+            known = keep = None
+            if spans:
+                got = view.cached(m.uid, TEXT_SPANS)
+                if got is not None and got[:1] == CACHE_VERSION:
+                    known = got[1:]
+                else:
+                    keep = functools.partial(_keep_spans, puts, m.uid)
             info = M.MessageInfo(uid=m.uid, seq=seq, flags=m.flags,
                                  internal_date=internal_date(m), size=m.size, modseq=m.modseq,
-                                 message=functools.partial(reader.read, m.location))
+                                 message=functools.partial(reader.read, m.location),
+                                 text_spans=known, keep_text_spans=keep)
             if M.matches(key, info, largest_seq=sel.exists, largest_uid=largest_uid):
                 out.append((seq, m.uid))
+        mbx = view.mbx
+    if puts:
+        sel.index.put_cached(mbx, puts)
     return out
+
+
+def _keep_spans(puts: list[tuple[int, bytes, bytes]], uid: int, data: bytes) -> None:
+    puts.append((uid, TEXT_SPANS, CACHE_VERSION + data))
 
 
 _HEADERS = {"FROM": M.From, "TO": M.To, "CC": M.Cc, "BCC": M.Bcc, "SUBJECT": M.Subject}

@@ -61,6 +61,11 @@ FETCH does not read or parse it again; key = the message's ``messages`` key
     b"E"  the ENVELOPE value as IMAP wire bytes (no UTF8=ACCEPT)
     b"S"  the BODYSTRUCTURE value as IMAP wire bytes
     b"B"  the BODY (non-extensible structure) value as IMAP wire bytes
+    b"T"  where SEARCH BODY/TEXT look: a JSON array (ASCII) of
+          [start, end, encoding, charset] octet ranges of the message, in
+          order; encoding and charset null for the header of an attached
+          message (MESSAGE/RFC822), else the TEXT/* part's
+          Content-Transfer-Encoding and charset (charset may be null)
 
 Entries go with their message: an EXPUNGE deletes them, and a rebuild under
 the same UIDVALIDITY carries them to the new mailbox number (a UID still

@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import email.utils
 import functools
+import json
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -75,7 +76,8 @@ __all__ = [
     "SIMPLE_KEYS", "All", "And", "Bcc", "Before", "Body", "Cc", "Flag", "From", "Header",
     "Larger", "MessageInfo", "ModSeq", "Need", "Not", "NumberSet", "On", "Or", "Recent", "SearchKey",
     "SentBefore", "SentOn", "SentSince", "Sequence", "SequenceSet", "Since", "Smaller",
-    "Subject", "Text", "To", "Uid", "matches", "needs",
+    "Subject", "Text", "TextSpan", "To", "Uid", "decode_text_spans", "encode_text_spans",
+    "matches", "needs", "text_spans",
 ]
 
 
@@ -330,6 +332,11 @@ class MessageInfo:
     recent: bool = False
     message: Callable[[], bytes] | None = None
     envelope: Envelope | None = None
+    #: Where the message's searchable text lies (:func:`text_spans`,
+    #: encoded), if known: BODY and TEXT then skip the MIME walk.
+    text_spans: bytes | None = None
+    #: Told the encoded spans when a match had to walk the message for them.
+    keep_text_spans: Callable[[bytes], None] | None = None
 
 
 _FOLD = re.compile(r"\r?\n[ \t]")
@@ -347,6 +354,7 @@ class _Context:
         self._raw: bytes | None = None
         self._env = msg.envelope
         self._body: list[str] | None = None
+        self._collapsed: list[str] | None = None
 
     @property
     def raw(self) -> bytes:
@@ -372,15 +380,25 @@ class _Context:
     def header_text(self) -> str:
         raw = self.raw
         blank, _ = split_header(raw, 0, len(raw))
-        text = raw[:blank].decode("utf-8", "surrogateescape")
-        return decode_words(_FOLD.sub(" ", text))
+        return _header_text(raw[:blank])
 
-    def body_texts(self) -> list[str]:
+    def body_texts(self, collapsed: bool = True) -> list[str]:
+        """The decoded texts, case-folded; ``collapsed``: with blanks and
+        line breaks made one space, which only a needle holding a space
+        needs (see :func:`_contains`)."""
         if self._body is None:
             raw = self.raw
-            part, structure = walk(raw)
-            self._body = [_fold(t) for t in _texts(raw, part, structure)]
-        return self._body
+            spans = decode_text_spans(self.msg.text_spans) if self.msg.text_spans else None
+            if spans is None:
+                spans = text_spans(raw)
+                if self.msg.keep_text_spans is not None:
+                    self.msg.keep_text_spans(encode_text_spans(spans))
+            self._body = [t.casefold() for t in _span_texts(raw, spans)]
+        if not collapsed:
+            return self._body
+        if self._collapsed is None:
+            self._collapsed = [" ".join(t.split()) for t in self._body]
+        return self._collapsed
 
     def absent(self, needle: str) -> bool:
         """True when the raw octets prove that no decoded text of the message
@@ -413,19 +431,64 @@ class _Context:
         return parsed if parsed is not None else self.msg.internal_date.date()
 
 
-def _texts(raw: bytes, part: Part, bs: BodyStructure) -> Iterable[str]:
+#: One piece of a message's searchable text beyond its own header:
+#: ``(start, end, None, None)`` for the header of an attached message
+#: (MESSAGE/RFC822), ``(start, end, transfer encoding, charset or None)``
+#: for a TEXT/* body; offsets into the raw message, in order.
+TextSpan = tuple[int, int, str | None, str | None]
+
+
+def text_spans(raw: bytes) -> list[TextSpan]:
+    """Where BODY and TEXT look in ``raw``: one walk of its MIME structure."""
+    part, structure = walk(raw)
+    out: list[TextSpan] = []
+    _spans(part, structure, out)
+    return out
+
+
+def _spans(part: Part, bs: BodyStructure, out: list[TextSpan]) -> None:
     if isinstance(bs, Multipart):
         for child, child_bs in zip(part.children, bs.parts, strict=False):
-            yield from _texts(raw, child, child_bs)
+            _spans(child, child_bs, out)
     elif bs.body is not None and part.children:
         inner = part.children[0]
-        header = raw[inner.header:inner.body].decode("utf-8", "surrogateescape")
-        yield decode_words(_FOLD.sub(" ", header))
-        yield from _texts(raw, inner, bs.body)
+        out.append((inner.header, inner.body, None, None))
+        _spans(inner, bs.body, out)
     elif bs.type.lower() == "text":
-        data = decode_transfer_encoding(raw[part.body:part.end], bs.encoding)
         charset = next((v for k, v in bs.params if k.lower() == "charset"), None)
-        yield decode_text(data, charset)
+        out.append((part.body, part.end, bs.encoding, charset))
+
+
+def encode_text_spans(spans: list[TextSpan]) -> bytes:
+    """Spans as compact JSON (what the IMAP bridge keeps in its index)."""
+    return json.dumps(spans, separators=(",", ":")).encode("ascii")
+
+
+def decode_text_spans(data: bytes) -> list[TextSpan] | None:
+    """:func:`encode_text_spans` read back; None if it is not that."""
+    try:
+        got = json.loads(data)
+        return [(int(a), int(b), c, d) for a, b, c, d in got]
+    except (ValueError, TypeError):
+        return None
+
+
+def _header_text(header: bytes) -> str:
+    """A header block as TEXT searches it: unfolded, and the encoded words
+    of each field decoded on their own (decoding the block at once would
+    join a field's last word to the next field's name)."""
+    text = _FOLD.sub(" ", header.decode("utf-8", "surrogateescape"))
+    if "=?" not in text:
+        return text
+    return "\n".join(decode_words(line) for line in text.split("\n"))
+
+
+def _span_texts(raw: bytes, spans: Iterable[TextSpan]) -> Iterable[str]:
+    for start, end, encoding, charset in spans:
+        if encoding is None:
+            yield _header_text(raw[start:end])
+        else:
+            yield decode_text(decode_transfer_encoding(raw[start:end], encoding), charset)
 
 
 def _fold(text: str) -> str:
@@ -435,7 +498,14 @@ def _fold(text: str) -> str:
 
 
 def _contains(haystack: str | None, needle: str) -> bool:
-    return haystack is not None and _fold(needle) in _fold(haystack)
+    """Whether the folded needle is in the folded haystack.  A needle with
+    no space once folded lies within one run of non-blanks, and those runs
+    are the same whether blanks are collapsed or not: the haystack is then
+    only case-folded, which is most of the cost saved on long bodies."""
+    if haystack is None:
+        return False
+    n = _fold(needle)
+    return n in (_fold(haystack) if " " in n else haystack.casefold())
 
 
 def _address_text(addresses: tuple[Address, ...]) -> str | None:
@@ -511,13 +581,13 @@ def _eval(key: SearchKey, ctx: _Context) -> bool:
             needle = _fold(text)
             if ctx.absent(needle):
                 return False
-            return any(needle in t for t in ctx.body_texts())
+            return any(needle in t for t in ctx.body_texts(" " in needle))
         case Text(text):
             needle = _fold(text)
             if ctx.absent(needle):
                 return False
             return _contains(ctx.header_text(), text) or any(
-                needle in t for t in ctx.body_texts())
+                needle in t for t in ctx.body_texts(" " in needle))
     raise TypeError(f"not a search key: {key!r}")
 
 
