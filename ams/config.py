@@ -110,6 +110,17 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True)
+class ImapConfig:
+    """The IMAP bridge."""
+
+    #: Seconds between checks of the logs that IDLE sessions (and sessions
+    #: between commands) watch: news from other hosts and processes reaches
+    #: clients within about this.  Each watched log costs one stat per check
+    #: however many sessions watch it.
+    idle_poll: float = 0.2
+
+
+@dataclass(frozen=True)
 class SubmissionConfig:
     """SMTP submission (RFC 6409) for the store's users."""
 
@@ -169,6 +180,7 @@ class Config:
     listen: ListenConfig = field(default_factory=ListenConfig)
     tls: TLSConfig = field(default_factory=TLSConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    imap: ImapConfig = field(default_factory=ImapConfig)
     submission: SubmissionConfig = field(default_factory=SubmissionConfig)
     outbound: OutboundConfig = field(default_factory=OutboundConfig)
     bboard: BboardConfig = field(default_factory=BboardConfig)
@@ -340,6 +352,8 @@ def _check(obj: Any, prefix: str, source: str) -> None:
         need(3600 % obj.bucket_seconds == 0, "bucket_seconds", "must divide 3600")
     elif isinstance(obj, BboardConfig):
         need(obj.expire_interval >= 0, "expire_interval", "must not be negative")
+    elif isinstance(obj, ImapConfig):
+        need(0 < obj.idle_poll <= 60, "idle_poll", "must be more than 0 and at most 60 seconds")
     elif isinstance(obj, LimitsConfig):
         for name in ("max_message_bytes", "max_line_bytes", "max_recipients",
                      "max_connections", "max_bad_commands", "delivery_attempts",

@@ -72,6 +72,7 @@ def test_config_from_env_and_flag_positions(site: Path, tmp_path: Path) -> None:
     ('[store]\nroot = "s"\nsegment_bytes = "big"\n', "'store.segment_bytes' must be an integer"),
     ('[store\nroot = "s"\n', "not valid TOML"),
     ('[store]\nroot = "s"\n[limits]\nmax_recipients = 0\n', "'limits.max_recipients'"),
+    ('[store]\nroot = "s"\n[imap]\nidle_poll = 0\n', "'imap.idle_poll' must be more than 0"),
 ])
 def test_bad_config_is_one_line_naming_the_key(tmp_path: Path, text: str, needle: str) -> None:
     (tmp_path / "bad.toml").write_text(text)

@@ -341,6 +341,21 @@ def test_search_keeps_text_spans_and_answers_the_same_from_them(
                                                           [1, 2, 3, 4, 5], []]
 
 
+def test_the_idle_poll_setting_paces_the_watcher(make_config: MakeConfig) -> None:
+    import dataclasses
+
+    from ams.config import ImapConfig
+    from ams.imap._server import Bridge
+
+    cfg, _ = site(make_config)
+    bridge = Bridge(dataclasses.replace(cfg, imap=ImapConfig(idle_poll=0.05)))
+    try:
+        assert bridge.watcher.interval == 0.05
+    finally:
+        bridge.close()
+    assert ImapConfig().idle_poll == 0.2
+
+
 def test_seq_runs_behave_as_lists_of_pairs() -> None:
     from array import array
 

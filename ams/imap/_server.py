@@ -91,7 +91,6 @@ from bboard import NotPermitted
 log = logging.getLogger(__name__)
 
 RECV_SIZE = 65536
-IDLE_POLL = 0.2
 #: Messages per worker-thread hop in FETCH; responses leave between hops.
 FETCH_CHUNK = 2000
 #: How many times FETCH_CHUNK a FETCH answered from the index alone takes per hop.
@@ -114,7 +113,7 @@ class Bridge:
         self.ssl_context = ssl_context
         self.throttle = Throttle()
         self.cache = FetchCache()
-        self.watcher = Watcher(self.index, IDLE_POLL)
+        self.watcher = Watcher(self.index, config.imap.idle_poll)
         self.password_checks = trio.CapacityLimiter(PASSWORD_CHECKS)
 
     def close(self) -> None:

@@ -1,8 +1,8 @@
 """Scenario A: AMS itself, every role a real process on its own simulated host.
 
 Hosts (one meter mount each): ``mx`` runs ``ams mx``; ``worker1`` and
-``worker2`` run ``ams worker --count 1``; ``imap1``… run ``ams imap`` (through
-:mod:`benchmarks.churn.ams_imap`, which sets the IDLE probe interval), each
+``worker2`` run ``ams worker --count 1``; ``imap1``… run ``ams imap`` (its
+IDLE probe interval, ``imap.idle_poll``, set to the benchmark's poll), each
 with an IDLE client on every user's INBOX.  Every host's config has
 ``store.root`` inside its own mount, its own ``host.name`` and a
 ``host.cache_dir`` (the LMDB index) on local disk outside every mount;
@@ -46,7 +46,8 @@ class AmsScenario(Scenario):
             "host": {"name": host, "cache_dir": str(self.local / f"cache-{host}")},
             "mail": {"domains": [DOMAIN]},
             "listen": {"smtp": "127.0.0.1:0", "imap": "127.0.0.1:0"},
-            "tls": {"allow_plaintext_auth": True}})
+            "tls": {"allow_plaintext_auth": True},
+            "imap": {"idle_poll": self.spec.poll}})
         path = self.local / f"{host}.toml"
         path.write_text(render_config(cfg))
         return path
@@ -84,9 +85,8 @@ class AmsScenario(Scenario):
         for i in range(1, self.spec.readers + 1):
             host = f"imap{i}"
             root = self.mount(cluster, host, "imap")
-            p = self.spawn([py, "-m", "benchmarks.churn.ams_imap", "--poll", str(self.spec.poll),
-                            "imap", "--config", str(self.config(root, host)), "--listen",
-                            "127.0.0.1:0"], host)
+            p = self.spawn([py, "-m", "ams.cli", "imap", "--config", str(self.config(root, host)),
+                            "--listen", "127.0.0.1:0"], host)
             self.bridges.append(p)
             line = self.wait_line(p, host, "listening on")
             m = re.search(r"127\.0\.0\.1:(\d+)", line)
