@@ -165,20 +165,26 @@ class Deliverer:
                     job.temporary.append(f"internal error: {type(e).__name__}: {e}")
 
     def _plan(self, jobs: list[Job]) -> None:
-        memo: dict[str, Resolution | Refusal] = {}
+        memo: dict[tuple[str, str, str | None], Resolution | Refusal] = {}
 
-        def resolve(address: str) -> Resolution | Refusal:
-            # Keyed by the exact address: +detail is case-sensitive.
-            if address not in memo:
-                memo[address] = self.resolver.resolve(address)
-            return memo[address]
+        def resolve(address: str, sender: str, user: str | None) -> Resolution | Refusal:
+            # Keyed by the exact address (+detail is case-sensitive), and for
+            # a bboard by who posts: a members-only board admits again here,
+            # by the authenticated user or else the envelope sender.
+            key = (address, sender, user) if self.resolver.names_bboard(address) else (
+                address, "", None)
+            if key not in memo:
+                memo[key] = self.resolver.resolve(address, sender=sender, user=user)
+            return memo[key]
 
         for job in jobs:
             assert job.entry is not None
             env, message = job.entry.envelope, job.entry.message
             received = env.received_us / 1e6
             job.plan = plan_message(
-                env.rcpt_to, resolve, sender=env.mail_from, message=message,
+                env.rcpt_to, partial(resolve, sender=env.mail_from,
+                                     user=env.client.get("auth") or None),
+                sender=env.mail_from, message=message,
                 delivery_id=partial(_delivery_id, env.id),
                 internal_date=int(received), tz_minutes=local_offset_minutes(received))
             job.temporary.extend(str(r) for r in job.plan.temporary)

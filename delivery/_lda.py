@@ -15,8 +15,8 @@ a sysexits(3) status, which those MTAs understand:
                      not start with a header field
 67  EX_NOUSER        a recipient is unknown, disabled, malformed or not in
                      a local domain
-69  EX_UNAVAILABLE   a recipient is a bboard (not available yet) or a
-                     forwarding loop
+69  EX_UNAVAILABLE   a recipient is a members-only bboard the ``-f``
+                     sender may not post to, or a forwarding loop
 75  EX_TEMPFAIL      try again later: lock timeout, I/O error, store damage,
                      or anything unexpected (never a traceback)
 78  EX_CONFIG        the config or the store it names is unusable
@@ -54,6 +54,7 @@ import re
 import sys
 import time
 from collections.abc import Sequence
+from functools import partial
 from typing import BinaryIO, TextIO
 
 from ams.config import Config, load_config
@@ -192,7 +193,9 @@ def _deliver(config: Config, recipients: Sequence[str], sender: str | None, mess
     store = _open_store(config)
     now = time.time()
     digest = hashlib.sha256((sender or "").encode("utf-8") + b"\0" + message).hexdigest()[:32]
-    plan = plan_message(recipients, Resolver(store).resolve, sender=sender, message=message,
+    # No RCPT came first: a members-only bboard admits the -f sender here.
+    plan = plan_message(recipients, partial(Resolver(store).resolve, sender=sender or ""),
+                        sender=sender, message=message,
                         delivery_id=lambda rcpt: f"lda-{digest}/{rcpt}",
                         internal_date=int(now), tz_minutes=local_offset_minutes(now))
     # Refusals first, so a refused run files nothing: the status speaks for all.

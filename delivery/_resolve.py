@@ -23,8 +23,11 @@ The local part, in this order:
    member or moderator, else BBOARD_DENIED; an authenticated ``user``
    (submission) is checked instead of the sender.  At RCPT time a missing
    sender counts as a stranger, so an unchecked post is refused.  Filing
-   resolves again with neither (the admission was decided at RCPT) and
-   follows the board's moderation setting at that moment.
+   checks again, with the entry's envelope sender (or the user submission
+   authenticated, kept in the entry), so a member removed between RCPT and
+   filing can no longer post; the LDA, which has no RCPT of its own, checks
+   the ``-f`` sender the same way.  Filing also follows the board's
+   moderation setting at that moment.
 2. is split once at ``mail.recipient_delimiter``: ``base+detail``.
 3. ``base`` is looked up by :meth:`UserRegistry.resolve` (user names, then
    aliases, case-insensitive).  An alias may name several users: each
@@ -271,7 +274,7 @@ class Resolver:
     def resolve(self, address: str, *, sender: str | None = None,
                 user: str | None = None) -> Resolution | Refusal:
         """What ``address`` means.  ``sender``/``user``: see :meth:`resolve_for_rcpt`;
-        when both are None (filing) a bboard's admission is not checked again."""
+        when both are None a bboard's admission is not checked."""
         a = parse_address(address)
         if a is None:
             return Refusal(address, Reason.BAD_ADDRESS)
@@ -290,6 +293,12 @@ class Resolver:
             return self._resolve_local(a.raw, base.lower(), detail)
         except TEMPORARY_ERRORS as e:
             return Refusal(a.raw, Reason.TEMPORARY, _describe(e))
+
+    def names_bboard(self, address: str) -> bool:
+        """Whether ``address`` is a bboard's (its resolution depends on who posts)."""
+        a = parse_address(address)
+        return bool(a is not None and self.bboard_prefix
+                    and a.local.lower().startswith(self.bboard_prefix))
 
     def _resolve_local(self, raw: str, base: str, detail: str) -> Resolution | Refusal:
         users = self.users.resolve(base) if base else []

@@ -10,7 +10,7 @@ import trio
 from ams.config import Config
 from ams.store import Place, Spool, Store, fold
 from bboard import Bboards, BoardInfo
-from delivery import EX_OK, deliver_main, serve_workers
+from delivery import EX_OK, EX_UNAVAILABLE, deliver_main, serve_workers
 from gateways import serve_mx
 from tests.conftest import MakeConfig
 from tests.mx_helpers import add_users
@@ -113,13 +113,57 @@ async def test_posting_by_mail_under_each_policy(make_config: MakeConfig) -> Non
     bob_inbox = fold(boards.users.mailboxes("bob").open("INBOX").reader())
     assert len(bob_inbox.messages) == 1
 
-    # The LDA files into boards too (an MTA in front of AMS decided admission).
+    # The LDA files into boards too; it has no RCPT of its own, so a
+    # members-only board admits its -f sender.
     assert deliver_main(cfg, ["bb+andrew.general@example.test"], "x@far.test",
                         message("by-lda")) == EX_OK
     assert board_subjects(boards, general)[2:] == ["by-lda"]
+    members_addr = "bb+members.only@example.test"
+    for sender in ("x@far.test", "bob@example.test", ""):
+        assert deliver_main(cfg, [members_addr], sender, message("lda-denied")) == EX_UNAVAILABLE
+    assert deliver_main(cfg, [members_addr], "alice@example.test",
+                        message("lda-member")) == EX_OK
+    assert board_subjects(boards, members) == ["member", "lda-member"]
 
 
-def test_resolver_checks_members_at_rcpt_only(make_config: MakeConfig) -> None:
+async def test_filing_admits_again(make_config: MakeConfig) -> None:
+    """RCPT admitted these posts to a members-only board (the MX's check is
+    tested above); the worker checks again when it files: by the user that
+    submission authenticated when the entry says so, else by the envelope
+    sender.  A member removed in between gets a notice instead of a post."""
+    cfg = make_config()
+    store = Store.initialise(cfg)
+    boards = Bboards(store, add_users(store, "alice", "bob", "carol"))
+    members = boards.create("members.only", post="members", members=["alice", "carol"])
+    spool = Spool(store)
+    addr = "bb+members.only@example.test"
+    for sender, subject, client in (
+            ("alice@example.test", "by-alice", {}),
+            ("x@far.test", "by-stranger", {}),
+            ("bob@example.test", "by-bob", {}),
+            ("", "by-null-sender", {}),
+            ("x@far.test", "submitted-by-alice", {"auth": "alice"}),
+            ("alice@example.test", "submitted-by-bob", {"auth": "bob"}),
+            ("carol@example.test", "by-carol-removed", {})):
+        spool.enqueue("in", mail_from=sender, rcpt_to=[addr], message=message(subject),
+                      client=client)
+    boards.update("members.only", remove_members=["carol"])
+    async with trio.open_nursery() as nursery:
+        await nursery.start(functools.partial(serve_workers, cfg))
+        with trio.fail_after(WAIT):
+            while spool.depth("in") or spool.depth("in", Place.CLAIMED):
+                await trio.sleep(0.02)
+        nursery.cancel_scope.cancel()
+    assert spool.depth("in", Place.FAILED) == 0
+    assert sorted(board_subjects(boards, members)) == ["by-alice", "submitted-by-alice"]
+    notices = [boards.users.mailboxes(u).open("INBOX") for u in ("bob", "carol")]
+    for log in notices:
+        (m,) = fold(log.reader()).messages.values()
+        text = log.read_message(m.location)
+        assert b"Undelivered Mail" in text and b"not allowed to post" in text
+
+
+def test_resolver_checks_members_when_told_who_posts(make_config: MakeConfig) -> None:
     from delivery import Reason, Refusal, Resolution, Resolver
     from delivery._resolve import BboardTarget
 
@@ -140,7 +184,8 @@ def test_resolver_checks_members_at_rcpt_only(make_config: MakeConfig) -> None:
     assert reason(resolver.resolve_for_rcpt(addr, "x@far.test", user="alice")) == "ok"
     assert reason(resolver.resolve_for_rcpt(addr, "alice@example.test",
                                             user="bob")) == "BBOARD_DENIED"
-    # Filing (no sender, no user) trusts the admission made at RCPT.
+    # With neither sender nor user, admission is not checked (what the
+    # worker and the LDA pass is tested above).
     filed = resolver.resolve(addr)
     assert isinstance(filed, Resolution)
     (t,) = filed.targets
