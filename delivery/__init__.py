@@ -11,7 +11,7 @@
 """
 
 from delivery._batch import Deliverer, Job
-from delivery._filing import Filer, Filing, Plan, failure_notice, plan_message
+from delivery._filing import Filer, Filing, Plan, plan_message
 from delivery._lda import LDA_DEDUPE_SECONDS, check_message, deliver_command, deliver_main
 from delivery._resolve import (
     EX_CONFIG,
@@ -46,6 +46,5 @@ __all__ = [
     "Address", "Deliverer", "Filer", "Filing", "Forward", "Job", "Mailbox", "Plan",
     "PoolOptions", "Reason", "Refusal", "ReplySpec", "Resolution", "Resolver", "Target",
     "WorkerPool", "check_message", "default_logging", "deliver_command", "deliver_main",
-    "failure_notice",
     "parse_address", "plan_message", "serve_workers", "worker_main",
 ]

@@ -21,19 +21,21 @@ Settling an entry, in this order:
 2. forwards are enqueued to ``out``, only now that every filing succeeded
    (see the at-least-once note in :mod:`delivery._filing`).
 3. recipients refused *permanently* (unknown or disabled user, bboard,
-   forwarding loop) are logged; if the envelope sender is not null and is
-   a local user, a plain-text notice listing them is filed into that user's
-   mailbox, exactly once (delivery id ``SPOOLID/notice``).  A remote sender
-   gets nothing yet: bounces through the outbound gateway are a later issue.
+   forwarding loop) are logged, and unless the envelope sender is null it
+   gets a DSN (RFC 3464, :mod:`ams.dsn`) listing them: filed into a local
+   sender's mailbox exactly once (delivery id ``SPOOLID/notice``), or
+   queued to ``out`` from the null sender for a remote one, at least once
+   (a crash before step 4 queues it again on the retry).
 4. the claim is completed, and one log line says what happened.
 
 A mailbox whose lock another writer holds past ``store.lock_timeout`` (a
 host cut off from the filesystem with the lock in hand, a stuck process) is
-**set aside**: later batches wait only ``ASIDE_WAIT`` for its lock, so one
-stuck mailbox costs one full timeout per worker process, not one per batch,
-and the rest of the mail keeps flowing.  Its entries are released after the
-usual backoff *without* counting an attempt: a held lock delays mail, it
-never makes it fail.  The first append that gets the lock again puts the
+**set aside**: its lock is tried again at most every ``ASIDE_PROBE``
+seconds, for at most ``ASIDE_WAIT``, and other batches pass it over at once.
+So one stuck mailbox costs one full timeout per worker process, not one per
+batch, and the rest of the mail keeps flowing.  Its entries are released
+after ``retry_max`` *without* counting an attempt: a held lock delays mail,
+it never makes it fail.  The first append that gets the lock again puts the
 mailbox back.  Set-aside marks are per process, in memory.
 
 An entry that cannot be read (CorruptionError) goes to failed at once:
@@ -51,26 +53,36 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
+from ams.dsn import build_dsn
 from ams.errors import CorruptionError, LockLost, LockTimeout
 from ams.store import Appended, Claim, ClaimLost, Entry, Spool, Store, Worker
+from ams.store.outqueue import Result
 from delivery._filing import (
     Filer,
     Filing,
     Plan,
     delivery_prefix,
-    failure_notice,
     group_by_mailbox,
     local_offset_minutes,
     plan_message,
 )
-from delivery._resolve import TEMPORARY_ERRORS, Mailbox, Refusal, Resolution, Resolver
+from delivery._resolve import (
+    TEMPORARY_ERRORS,
+    Mailbox,
+    Reason,
+    Refusal,
+    Resolution,
+    Resolver,
+)
 from delivery._resolve import _describe as describe
 
 log = logging.getLogger("delivery.worker")
 
 BATCH_BYTES = 32 * 1024 * 1024
-#: How long a batch waits for the lock of a mailbox that is set aside.
+#: How long a batch waits for the lock of a mailbox that is set aside...
 ASIDE_WAIT = 0.5
+#: ...and how often one tries (meanwhile it is passed over without a try).
+ASIDE_PROBE = 5.0
 
 
 @dataclass
@@ -110,9 +122,9 @@ class Deliverer:
         self.batch_bytes = batch_bytes
         domains = store.config.mail.domains
         self.notice_domain = domains[0] if domains else store.host
-        #: Mailboxes set aside (log dir → since when, monotonic); shared by
-        #: this process's workers (single dict operations only).
-        self.aside: dict[Path, float] = {}
+        #: Mailboxes set aside: log dir → (since when, next try), monotonic;
+        #: shared by this process's workers (single dict operations only).
+        self.aside: dict[Path, tuple[float, float]] = {}
 
     def deliver(self, worker: Worker, claims: Sequence[Claim]) -> list[Job]:
         """Deliver ``claims``; return every job, settled or to be released."""
@@ -222,23 +234,25 @@ class Deliverer:
 
     def _append(self, target: Mailbox, group: list[Filing], since: int) -> list[Appended]:
         """One group commit; a lock held past the timeout sets ``target``
-        aside, and a set-aside mailbox is waited for only ``ASIDE_WAIT``."""
+        aside (see the module docstring)."""
         key = target.path
-        aside = key in self.aside
+        aside = self.aside.get(key)
+        now = time.monotonic()
+        if aside is not None and now < aside[1]:
+            raise LockTimeout(f"{target} is set aside: its lock is held elsewhere")
         try:
             results = self.filer.append(target, group, dedupe_since_us=since,
                                         lock_timeout=ASIDE_WAIT if aside else None)
         except LockTimeout:
-            if not aside:
-                self.aside[key] = time.monotonic()
+            if aside is None:
                 log.warning("mailbox %s set aside: its lock is held elsewhere; its mail "
                             "waits, the rest goes on", target)
+            began = aside[0] if aside else now
+            self.aside[key] = (began, time.monotonic() + ASIDE_PROBE)
             raise
-        if aside:
-            began = self.aside.pop(key, None)
-            if began is not None:
-                log.info("mailbox %s is back after %.0f s set aside", target,
-                         time.monotonic() - began)
+        if aside is not None and self.aside.pop(key, None) is not None:
+            log.info("mailbox %s is back after %.0f s set aside", target,
+                     time.monotonic() - aside[0])
         return results
 
     def _finish(self, worker: Worker, job: Job) -> None:
@@ -263,7 +277,9 @@ class Deliverer:
             self._log_delivered(job)
 
     def _notify(self, worker: Worker, job: Job) -> None:
-        """Log permanent failures; tell a local sender in a notice, once."""
+        """Log permanent failures and tell the sender in a DSN (RFC 3464):
+        filed into a local sender's mailbox exactly once, or queued to
+        ``out`` for a remote sender."""
         assert job.entry is not None and job.plan is not None
         env = job.entry.envelope
         for r in job.plan.permanent:
@@ -274,29 +290,56 @@ class Deliverer:
         sender = self.resolver.resolve(env.mail_from)
         if isinstance(sender, Refusal):
             if not sender.permanent:
-                job.temporary.append(f"notice to {env.mail_from}: {sender}")
+                job.temporary.append(f"DSN to {env.mail_from}: {sender}")
+            elif sender.reason is Reason.NOT_LOCAL:
+                self._bounce_out(worker, job)
             else:
-                log.info("no notice for %s: sender <%s> is not local (bounces come later)",
-                         env.id, env.mail_from)
+                log.info("no DSN for %s: sender <%s>: %s", env.id, env.mail_from, sender)
             return
-        domain = env.mail_from.rpartition("@")[2] or self.notice_domain
-        notice = failure_notice(entry_id=env.id, sender=env.mail_from,
-                                failures=job.plan.permanent, original=job.entry.message,
-                                domain=domain)
+        dsn = self._dsn(job, env.mail_from.rpartition("@")[2] or self.notice_domain)
         now = time.time()
         for t in sender.targets:
             if not isinstance(t, Mailbox):
-                log.info("no notice for %s: sender <%s> forwards elsewhere", env.id,
-                         env.mail_from)
+                log.info("no DSN for %s: sender <%s> forwards elsewhere", env.id, env.mail_from)
                 continue
-            f = Filing(env.mail_from, t, delivery_prefix("", env.mail_from, notice), notice,
+            f = Filing(env.mail_from, t, delivery_prefix("", env.mail_from, dsn), dsn,
                        f"{env.id}/notice", int(now), local_offset_minutes(now))
             worker.check()
             try:
                 self._append(t, [f], env.received_us)
             except TEMPORARY_ERRORS as e:
-                job.temporary.append(f"notice to {env.mail_from}: {describe(e)}")
+                job.temporary.append(f"DSN to {env.mail_from}: {describe(e)}")
                 job.locked += isinstance(e, LockTimeout)
+
+    def _bounce_out(self, worker: Worker, job: Job) -> None:
+        """Queue the DSN for a remote sender to ``out``, from the null sender.
+        At least once: a crash between this and completing the entry sends
+        it again on the retry (as with forwards)."""
+        assert job.entry is not None
+        env = job.entry.envelope
+        dsn = self._dsn(job, self.notice_domain)
+        worker.check()
+        try:
+            queued = self.spool.enqueue("out", mail_from="", rcpt_to=[env.mail_from],
+                                        message=dsn, extra={"dsn_for": env.id})
+        except TEMPORARY_ERRORS as e:
+            job.temporary.append(f"DSN to {env.mail_from}: {describe(e)}")
+            return
+        log.info("%s: DSN %s to <%s> for %d recipients", env.id, queued.id, env.mail_from,
+                 len(job.plan.permanent) if job.plan else 0)
+
+    def _dsn(self, job: Job, domain: str) -> bytes:
+        assert job.entry is not None and job.plan is not None
+        now_us = int(time.time() * 1_000_000)
+        failures = []
+        for r in job.plan.permanent:
+            spec = r.reply
+            reply = f"{spec.code} {spec.enhanced} {spec.text}" + (f" ({r.detail})" if r.detail
+                                                                  else "")
+            failures.append((r.address, Result("failed", spec.enhanced, reply, "", now_us)))
+        return build_dsn(envelope=job.entry.envelope, failures=failures,
+                         original=job.entry.message, reporting_mta=self.store.host,
+                         domain=domain, now_us=now_us)
 
     def _settle(self, job: Job, state: str, action: Callable[[], object]) -> bool:
         """Run ``action`` (complete or fail); True if it took effect."""

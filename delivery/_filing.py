@@ -37,7 +37,6 @@ small by forwarding only once every filing of the message succeeded.
 
 from __future__ import annotations
 
-import email.utils
 import threading
 import time
 from collections import OrderedDict
@@ -45,6 +44,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ams.dsn import header_section
 from ams.store import Appended, MailboxLog, NewMessage, Store
 from delivery._resolve import Forward, Mailbox, Reason, Refusal, Resolution
 
@@ -74,15 +74,6 @@ def delivery_prefix(sender: str | None, recipient: str, message: bytes) -> bytes
 def _header_safe(address: str) -> bytes:
     return "".join(c for c in address if c >= " " and c != "\x7f").encode("utf-8",
                                                                           "surrogateescape")
-
-
-def header_section(message: bytes) -> bytes:
-    """The header section: everything before the first empty line."""
-    for sep in (b"\r\n\r\n", b"\n\n"):
-        i = message.find(sep)
-        if i >= 0:
-            return message[:i + len(sep) // 2]
-    return message
 
 
 def delivered_to(message: bytes) -> set[str]:
@@ -214,45 +205,8 @@ def group_by_mailbox(filings: Iterable[Filing]) -> dict[Path, list[Filing]]:
     return groups
 
 
-# -- failure notices -------------------------------------------------------------------
-
-
-def failure_notice(*, entry_id: str, sender: str, failures: Sequence[Refusal],
-                   original: bytes, domain: str, now: float | None = None) -> bytes:
-    """A plain-text notice to ``sender`` that some recipients got nothing.
-
-    Not an RFC 3464 DSN (the outbound gateway's bounces are a later issue):
-    a short text/plain message with the reasons and the original header
-    section, marked ``Auto-Submitted: auto-replied`` so nothing answers it.
-    """
-    when = time.time() if now is None else now
-    lines = [
-        f"From: Mail Delivery System <MAILER-DAEMON@{domain}>",
-        f"To: <{sender}>",
-        "Subject: Undelivered Mail Returned to Sender",
-        f"Date: {email.utils.formatdate(when, localtime=True)}",
-        f"Message-ID: <{entry_id}.notice@{domain}>",
-        "Auto-Submitted: auto-replied",
-        "MIME-Version: 1.0",
-        "Content-Type: text/plain; charset=utf-8",
-        "Content-Transfer-Encoding: 8bit",
-        "",
-        (f"Your message (spool id {entry_id}) could not be delivered to "
-         f"{'this recipient' if len(failures) == 1 else 'these recipients'}:"),
-        "",
-        *(f"  <{f.address}>: {f.reason.value}" + (f" ({f.detail})" if f.detail else "")
-          for f in failures),
-        "",
-        ("It was delivered to any other recipients.  "
-         "The header of your message follows."),
-        "",
-    ]
-    head = header_section(original).replace(b"\r\n", b"\n").rstrip(b"\n")
-    return ("\r\n".join(lines) + "\r\n").encode("utf-8") + head.replace(b"\n", b"\r\n") + b"\r\n"
-
-
 __all__ = [
-    "Filer", "Filing", "Plan", "delivered_to", "delivery_prefix", "failure_notice",
+    "Filer", "Filing", "Plan", "delivered_to", "delivery_prefix",
     "group_by_mailbox", "header_section", "line_ending", "local_offset_minutes",
     "plan_message",
 ]

@@ -58,6 +58,7 @@ from typing import Any, TypeVar
 import trio
 
 from ams.config import Config
+from ams.dsn import build_dsn
 from ams.errors import (
     CorruptionError,
     FormatVersionError,
@@ -69,7 +70,6 @@ from ams.store.outqueue import DeferredQueue, OutboundState, Result
 from delivery import Resolver, default_logging
 from delivery._pool import SpoolPool, pool_main
 from delivery._resolve import TEMPORARY_ERRORS
-from gateways._dsn import build_dsn
 from gateways._routes import Router, normal_domain
 from gateways._smtp_client import (
     ClientOptions,

@@ -160,7 +160,7 @@ async def test_filing_admits_again(make_config: MakeConfig) -> None:
     for log in notices:
         (m,) = fold(log.reader()).messages.values()
         text = log.read_message(m.location)
-        assert b"Undelivered Mail" in text and b"not allowed to post" in text
+        assert b"Undelivered Mail" in text and b"Status: 5.7.1" in text
 
 
 def test_resolver_checks_members_when_told_who_posts(make_config: MakeConfig) -> None:

@@ -17,7 +17,6 @@ from delivery import (
     Refusal,
     Resolution,
     Resolver,
-    failure_notice,
     parse_address,
     plan_message,
 )
@@ -191,15 +190,3 @@ def test_plan_dedupes_mailboxes_and_detects_loops(
     assert plan.forwards == [] and [r.reason for r in plan.permanent] == [Reason.LOOP]
 
 
-def test_failure_notice_shape() -> None:
-    original = b"From: me@example.test\r\nSubject: plans\r\n\r\nsecret body\r\n"
-    n = failure_notice(entry_id="E1", sender="me@example.test",
-                       failures=[Refusal("x@example.test", Reason.UNKNOWN_USER),
-                                 Refusal("bb+n@example.test", Reason.UNKNOWN_BBOARD)],
-                       original=original, domain="example.test", now=0)
-    head, _, body = n.partition(b"\r\n\r\n")
-    assert b"To: <me@example.test>" in head and b"Auto-Submitted: auto-replied" in head
-    assert b"<x@example.test>: unknown user" in body
-    assert b"<bb+n@example.test>: no such bulletin board" in body
-    assert b"Subject: plans" in body and b"secret body" not in body
-    assert b"\n" not in n.replace(b"\r\n", b"")
