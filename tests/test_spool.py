@@ -793,6 +793,29 @@ def test_no_shard_starves_behind_a_busy_one(tmp_path: Path) -> None:
         assert first_other <= 5, (busy, seen)
 
 
+def test_entries_put_back_wait_their_turn(tmp_path: Path) -> None:
+    """Within a shard, claims go round from just after the last entry this
+    worker claimed: one released and claimed again and again (uncounted, so
+    under the same name) cannot keep the others waiting, and a counted
+    release (a new name for the same id) waits its turn too."""
+    spool = open_spool(cfg_dict(tmp_path))
+    ids: list[str] = []
+    while len(ids) < 4:
+        env = spool.enqueue("in", mail_from="a@x.test", rcpt_to=["b@example.test"],
+                            message=b"hi\r\n")
+        if shard_of_entry(env.id) == SHARDS[0]:
+            ids.append(env.id)
+        else:
+            spool.delete("in", env.id)
+    with spool.register_worker() as w:
+        order = []
+        for _ in range(8):
+            (claim,) = w.claim_batch("in", 1, shards=[SHARDS[0]])
+            order.append(claim.entry_id)
+            w.release(claim, count=len(order) % 2 == 0)
+        assert order == ids + ids
+
+
 def test_concurrent_first_enqueues_into_missing_shards(tmp_path: Path) -> None:
     """Threads creating the same shard dir at once: every enqueue succeeds."""
     import shutil

@@ -87,6 +87,7 @@ The entry file format and entry ids are specified in ams.store.spool_entry.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import enum
 import errno
@@ -567,6 +568,8 @@ class Worker:
         self._refresh = min(max(spool.lease / 4, 0.05), 10.0)
         self._assigned: dict[str, tuple[float, list[str]]] = {}
         self._cursor = 0
+        #: (queue, shard) -> the id of the last entry this worker claimed there.
+        self._after: dict[tuple[str, str], str] = {}
         self._mutex = threading.Lock()
         self.closed = False
 
@@ -633,12 +636,16 @@ class Worker:
 
     def claim_batch(self, queue: str, limit: int = 100, *,
                     shards: Sequence[str] | None = None) -> list[Claim]:
-        """Claim up to ``limit`` entries, oldest first per shard.
+        """Claim up to ``limit`` entries.
 
         ``shards`` overrides the rendezvous assignment (admin tools, tests).
         Each scan resumes at the shard after the one where the previous
         batch filled up, so a busy shard cannot starve the others: every
-        shard is visited once per round, whatever the batch size.
+        shard is visited once per round, whatever the batch size.  Within a
+        shard, names (so arrival order) are taken in turn from just after
+        the last one this worker claimed there: an entry put back (a retry
+        keeps its name when no attempt is counted) waits behind those that
+        came after it, so entries retried quickly cannot starve the rest.
         """
         if queue not in self.queues:
             raise UsageError(f"worker {self.id} does not serve queue {queue!r}")
@@ -650,10 +657,18 @@ class Worker:
         got: list[Claim] = []
         for i in range(len(order)):
             shard = order[(k + i) % len(order)]
-            for name in sorted(_listdir(self.spool.shard_dir(queue, shard))):
+            names = sorted(_listdir(self.spool.shard_dir(queue, shard)))
+            after = self._after.get((queue, shard))
+            if after is not None:
+                # Past every name of that id, whatever its attempt count
+                # (ID.aN; digits sort below DEL).
+                j = bisect.bisect_right(names, after + ".a\x7f")
+                names = names[j:] + names[:j]
+            for name in names:
                 claim = self._claim_name(queue, shard, name)
                 if claim is not None:
                     got.append(claim)
+                    self._after[(queue, shard)] = claim.entry_id
                 if len(got) >= limit:
                     self._cursor = k + i + 1
                     return got
