@@ -260,7 +260,8 @@ async def _python_client(port: int, shares: list[Share], body: bytes, lmtp: bool
     await asyncio.gather(*jobs)
 
 
-async def _reply(r: asyncio.StreamReader) -> tuple[int, list[bytes]]:
+async def read_reply(r: asyncio.StreamReader) -> tuple[int, list[bytes]]:
+    """One SMTP/LMTP reply: its code and each line's text."""
     lines = []
     while True:
         line = await r.readline()
@@ -274,27 +275,27 @@ async def _reply(r: asyncio.StreamReader) -> tuple[int, list[bytes]]:
 async def _python_session(port: int, rcpt: str, count: int, body: bytes, lmtp: bool) -> None:
     r, w = await asyncio.open_connection("127.0.0.1", port)
     try:
-        code, _ = await _reply(r)
+        code, _ = await read_reply(r)
         if code != 220:
             raise ConnectionError(f"greeting {code}")
         w.write(b"LHLO bench.example.org\r\n" if lmtp else b"EHLO bench.example.org\r\n")
-        code, ext = await _reply(r)
+        code, ext = await read_reply(r)
         pipelining = any(e.upper() == b"PIPELINING" for e in ext)
         cmds = [f"MAIL FROM:<{SENDER}>\r\n".encode(), f"RCPT TO:<{rcpt}>\r\n".encode(),
                 b"DATA\r\n"]
         for _ in range(count):
             if pipelining:
                 w.write(b"".join(cmds))
-                codes = [(await _reply(r))[0] for _ in cmds]
+                codes = [(await read_reply(r))[0] for _ in cmds]
             else:
                 codes = []
                 for c in cmds:
                     w.write(c)
-                    codes.append((await _reply(r))[0])
+                    codes.append((await read_reply(r))[0])
             if codes != [250, 250, 354]:
                 raise ConnectionError(f"MAIL/RCPT/DATA answered {codes}")
             w.write(body)
-            code, text = await _reply(r)
+            code, text = await read_reply(r)
             if code != 250:
                 raise ConnectionError(f"end of data answered {code} {text!r}")
         w.write(b"QUIT\r\n")

@@ -191,7 +191,7 @@ def run_fs(kind: str, args: argparse.Namespace, msg_file: Path, procs: Processes
             for i in range(1, args.runs + 1):
                 shift = (i - 1) % len(args.workers)
                 for k in args.workers[shift:] + args.workers[:shift]:
-                    label = f"{kind}, {k} worker host{'s' if k != 1 else ''}, run {i}/{args.runs}"
+                    label = f"{kind}, {_hosts(k)}, run {i}/{args.runs}"
                     try:
                         rate, accept = one_run(site, k, args, msg_file, f"r{i}k{k}", procs,
                                                progress, label)
@@ -220,6 +220,20 @@ def _med(xs: Sequence[float]) -> float | None:
     return statistics.median(xs) if xs else None
 
 
+def _hosts(k: int) -> str:
+    return f"{k} worker host{'s' if k != 1 else ''}"
+
+
+def _fs_name(r: FsResult) -> str:
+    return "local directory" if r.kind == "local" else r.kind
+
+
+def _per_k_header(args: argparse.Namespace) -> list[str]:
+    """A table's first two lines: the filesystem, then a column per K."""
+    return ["| filesystem | " + " | ".join(_hosts(k) for k in args.workers) + " |",
+            "|---|" + "---:|" * len(args.workers)]
+
+
 def report(results: list[FsResult], args: argparse.Namespace, argv: list[str], elapsed: float,
            load: tuple[float, float]) -> str:
     base = next((r for r in results if r.kind == "local"), None)
@@ -241,9 +255,7 @@ def report(results: list[FsResult], args: argparse.Namespace, argv: list[str], e
         "messages / (first SMTP connection → last message filed); every message is checked "
         "filed exactly once.",
         "",
-        "| filesystem | " + " | ".join(f"{k} worker host{'s' if k != 1 else ''}"
-                                       for k in args.workers) + " |",
-        "|---|" + "---:|" * len(args.workers),
+        *_per_k_header(args),
     ]
     for r in results:
         cells = []
@@ -254,7 +266,7 @@ def report(results: list[FsResult], args: argparse.Namespace, argv: list[str], e
                 continue
             ref = _med(base.rates.get(k, [])) if base is not None and r is not base else None
             cells.append(f"{fmt(m)} msg/s" + (f" ({m / ref:.2f}× local)" if ref else ""))
-        name = "local directory" if r.kind == "local" else r.kind
+        name = _fs_name(r)
         out.append(f"| {name} | " + " | ".join(cells) + " |" if not r.note else
                    f"| {name} | not run: {r.note} |" + " |" * (len(args.workers) - 1))
     out += [
@@ -268,7 +280,7 @@ def report(results: list[FsResult], args: argparse.Namespace, argv: list[str], e
     ]
     for r in results:
         if r.idle_from_worker:
-            out.append(f"| {'local directory' if r.kind == 'local' else r.kind} | "
+            out.append(f"| {_fs_name(r)} | "
                        f"{statistics.median(r.idle_from_worker):.2f} / "
                        f"{max(r.idle_from_worker):.2f} | "
                        f"{statistics.median(r.idle_from_bridge):.2f} / "
@@ -278,13 +290,11 @@ def report(results: list[FsResult], args: argparse.Namespace, argv: list[str], e
         "The MX alone (first connection → its last 250, while the workers file), median "
         "messages/s:",
         "",
-        "| filesystem | " + " | ".join(f"{k} worker host{'s' if k != 1 else ''}"
-                                       for k in args.workers) + " |",
-        "|---|" + "---:|" * len(args.workers),
+        *_per_k_header(args),
     ]
     for r in results:
         if any(r.accepts.get(k) for k in args.workers):
-            out.append(f"| {'local directory' if r.kind == 'local' else r.kind} | " + " | ".join(
+            out.append(f"| {_fs_name(r)} | " + " | ".join(
                 fmt(statistics.median(r.accepts[k])) if r.accepts.get(k) else "—"
                 for k in args.workers) + " |")
     out += ["", "All runs (messages/s filed / accepted):", ""]
@@ -294,7 +304,7 @@ def report(results: list[FsResult], args: argparse.Namespace, argv: list[str], e
                                                            r.accepts.get(k, []), strict=True)] + [
                 f"FAILED ({e})" for e in r.errors.get(k, [])]
             if runs:
-                out.append(f"- {r.kind}, {k} worker host{'s' if k != 1 else ''}: "
+                out.append(f"- {r.kind}, {_hosts(k)}: "
                            + ", ".join(runs))
         if r.doctor:
             out.append(f"- {r.kind}: ams doctor said {r.doctor}")

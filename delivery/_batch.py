@@ -217,15 +217,11 @@ class Deliverer:
             worker.check()  # [S5] never file on a lapsed lease
             try:
                 results = self._append(target, group, since)
-            except LockTimeout as e:
+            except TEMPORARY_ERRORS as e:
                 for f in group:
                     job = owner[id(f)]
                     job.temporary.append(f"{f.recipient} -> {target}: {describe(e)}")
-                    job.locked += 1
-                continue
-            except TEMPORARY_ERRORS as e:
-                for f in group:
-                    owner[id(f)].temporary.append(f"{f.recipient} -> {target}: {describe(e)}")
+                    job.locked += isinstance(e, LockTimeout)
                 continue
             for f, a in zip(group, results, strict=True):
                 job = owner[id(f)]
@@ -315,7 +311,7 @@ class Deliverer:
         """Queue the DSN for a remote sender to ``out``, from the null sender.
         At least once: a crash between this and completing the entry sends
         it again on the retry (as with forwards)."""
-        assert job.entry is not None
+        assert job.entry is not None and job.plan is not None
         env = job.entry.envelope
         dsn = self._dsn(job, self.notice_domain)
         worker.check()
@@ -326,7 +322,7 @@ class Deliverer:
             job.temporary.append(f"DSN to {env.mail_from}: {describe(e)}")
             return
         log.info("%s: DSN %s to <%s> for %d recipients", env.id, queued.id, env.mail_from,
-                 len(job.plan.permanent) if job.plan else 0)
+                 len(job.plan.permanent))
 
     def _dsn(self, job: Job, domain: str) -> bytes:
         assert job.entry is not None and job.plan is not None

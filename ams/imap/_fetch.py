@@ -15,7 +15,7 @@ import itertools
 import operator
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any, overload
 
@@ -350,23 +350,26 @@ def _template_block(view: MailboxView, pairs: SeqRun, plan: FetchPlan) -> bytes 
     values = view.values(pairs.uids[0], pairs.uids[-1], count=n)
     if len(values) != n:
         return None
-    little = itertools.repeat("little")
-    columns: dict[int, Callable[[], Any]] = {
-        0: lambda: range(pairs.first_seq, pairs.first_seq + n),
-        1: lambda: pairs.uids,
-        2: lambda: list(map(_FlagLists(view).__getitem__, map(_MASK, values))),
-        3: lambda: list(map(int.from_bytes, map(_SIZE, values), little)),
-        4: lambda: list(map(int.from_bytes, map(_MODSEQ, values), little)),
-    }
-    # The format's arguments, field by field into every k-th slot: C loops.
+
+    def column(field: int) -> Sequence[Any]:
+        """One field of every message (see _TEMPLATE), by C loops."""
+        if field == 0:
+            return range(pairs.first_seq, pairs.first_seq + n)
+        if field == 1:
+            return pairs.uids
+        if field == 2:
+            return list(map(_FlagLists(view).__getitem__, map(_MASK, values)))
+        part = _SIZE if field == 3 else _MODSEQ
+        return list(map(int.from_bytes, map(part, values), itertools.repeat("little")))
+
+    # The format's arguments, field by field into every k-th slot.
     k = len(plan.fields)
     args: list[Any] = [None] * (n * k)
-    made: dict[int, Any] = {}
+    made: dict[int, Sequence[Any]] = {}
     for i, field in enumerate(plan.fields):
-        column = made.get(field)
-        if column is None:
-            column = made[field] = columns[field]()
-        args[i::k] = column
+        if field not in made:
+            made[field] = column(field)
+        args[i::k] = made[field]
     return (plan.template * n) % tuple(args)
 
 

@@ -35,13 +35,13 @@ import argparse
 import json
 import logging
 import os
-import signal
 import sys
 from pathlib import Path
 from typing import Any
 
 import trio
 
+from benchmarks.churn._signals import cancel_on_signal
 from benchmarks.churn.model import CallbackServer, Change
 
 log = logging.getLogger("churn.coordinator")
@@ -183,13 +183,7 @@ async def serve(path: Path) -> None:
     listener = trio.SocketListener(sock)
     print("ready", flush=True)
     async with trio.open_nursery() as nursery:
-        async def stop_on_signal() -> None:
-            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-                async for _ in signals:
-                    nursery.cancel_scope.cancel()
-                    return
-
-        nursery.start_soon(stop_on_signal)
+        nursery.start_soon(cancel_on_signal, nursery.cancel_scope)
         nursery.start_soon(trio.serve_listeners, coord.handle, [listener])
 
 

@@ -38,7 +38,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchmarks.bench_delivery import DOMAIN, SENDER, Processes, cpu_seconds, message_text
+from benchmarks.bench_delivery import (
+    DOMAIN,
+    SENDER,
+    Processes,
+    cpu_seconds,
+    message_text,
+    read_reply,
+)
 from benchmarks.churn.cluster import Cluster
 from benchmarks.churn.model import Counters
 
@@ -363,24 +370,15 @@ async def _send_all(targets: Sequence[tuple[int, bool]], rcpts: Sequence[str], b
                            for _ in range(sessions)))
 
 
-async def _reply(r: asyncio.StreamReader) -> tuple[int, bytes]:
-    while True:
-        line = await r.readline()
-        if not line:
-            raise ConnectionError("connection closed by the server")
-        if line[3:4] != b"-":
-            return int(line[:3]), line.rstrip()
-
-
 async def _session(port: int, lmtp: bool, q: asyncio.Queue[tuple[int, str] | None],
                    body: bytes, rate: float, t0: float) -> None:
     r, w = await asyncio.open_connection("127.0.0.1", port)
     try:
-        code, line = await _reply(r)
+        code, text = await read_reply(r)
         if code != 220:
-            raise ConnectionError(f"greeting {line!r}")
+            raise ConnectionError(f"greeting {code} {text!r}")
         w.write(b"LHLO churn.example.org\r\n" if lmtp else b"EHLO churn.example.org\r\n")
-        await _reply(r)
+        await read_reply(r)
         while (job := await q.get()) is not None:
             i, user = job
             if rate > 0:
@@ -390,13 +388,13 @@ async def _session(port: int, lmtp: bool, q: asyncio.Queue[tuple[int, str] | Non
             for cmd in (f"MAIL FROM:<{SENDER}>\r\n".encode(),
                         f"RCPT TO:<{user}@{DOMAIN}>\r\n".encode(), b"DATA\r\n"):
                 w.write(cmd)
-                code, line = await _reply(r)
+                code, text = await read_reply(r)
                 if code not in (250, 354):
-                    raise ConnectionError(f"{cmd.split()[0].decode()} answered {line!r}")
+                    raise ConnectionError(f"{cmd.split()[0].decode()} answered {code} {text!r}")
             w.write(body)
-            code, line = await _reply(r)
+            code, text = await read_reply(r)
             if code != 250:
-                raise ConnectionError(f"end of data answered {line!r}")
+                raise ConnectionError(f"end of data answered {code} {text!r}")
         w.write(b"QUIT\r\n")
         await w.drain()
     finally:

@@ -18,11 +18,12 @@ import argparse
 import json
 import os
 import re
-import signal
 import sys
 from pathlib import Path
 
 import trio
+
+from benchmarks.churn._signals import cancel_on_signal
 
 _EXISTS = re.compile(rb"^\* (\d+) EXISTS")
 
@@ -113,13 +114,7 @@ async def main_async(args: argparse.Namespace) -> None:
     errors: list[str] = []
     limit = trio.CapacityLimiter(args.concurrency)
     async with trio.open_nursery() as nursery:
-        async def stop_on_signal() -> None:
-            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-                async for _ in signals:
-                    nursery.cancel_scope.cancel()
-                    return
-
-        nursery.start_soon(stop_on_signal)
+        nursery.start_soon(cancel_on_signal, nursery.cancel_scope)
         for s in sessions:
             nursery.start_soon(run_session, args.port, args.password, s, limit, errors)
         while True:

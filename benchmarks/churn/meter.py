@@ -61,7 +61,6 @@ import json
 import logging
 import os
 import re
-import signal
 import stat as stat_mod
 import sys
 from collections.abc import Callable, Sequence
@@ -71,6 +70,7 @@ from typing import Any
 import pyfuse3
 import trio
 
+from benchmarks.churn._signals import cancel_on_signal
 from benchmarks.churn.client import CacheManager, Remote
 
 log = logging.getLogger("churn.meter")
@@ -593,13 +593,7 @@ async def run(args: argparse.Namespace) -> None:
             nursery.start_soon(remote.writer)
             nursery.start_soon(remote.reader)
 
-            async def stop_on_signal() -> None:
-                with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-                    async for _ in signals:
-                        nursery.cancel_scope.cancel()
-                        return
-
-            nursery.start_soon(stop_on_signal)
+            nursery.start_soon(cancel_on_signal, nursery.cancel_scope)
             nursery.start_soon(meter.report_requests)
             print("ready", flush=True)
             await pyfuse3.main(min_tasks=4, max_tasks=64)
