@@ -272,34 +272,56 @@ async def read_reply(r: asyncio.StreamReader) -> tuple[int, list[bytes]]:
             return int(line[:3]), lines
 
 
-async def _python_session(port: int, rcpt: str, count: int, body: bytes, lmtp: bool) -> None:
+async def smtp_open(port: int, lmtp: bool, helo: str,
+                    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, bool]:
+    """Connect, read the greeting, say EHLO (LHLO): reader, writer, and
+    whether the server offers PIPELINING."""
     r, w = await asyncio.open_connection("127.0.0.1", port)
     try:
-        code, _ = await read_reply(r)
+        code, text = await read_reply(r)
         if code != 220:
-            raise ConnectionError(f"greeting {code}")
-        w.write(b"LHLO bench.example.org\r\n" if lmtp else b"EHLO bench.example.org\r\n")
-        code, ext = await read_reply(r)
-        pipelining = any(e.upper() == b"PIPELINING" for e in ext)
-        cmds = [f"MAIL FROM:<{SENDER}>\r\n".encode(), f"RCPT TO:<{rcpt}>\r\n".encode(),
-                b"DATA\r\n"]
+            raise ConnectionError(f"greeting {code} {text!r}")
+        w.write(f"{'LHLO' if lmtp else 'EHLO'} {helo}\r\n".encode())
+        _, ext = await read_reply(r)
+    except BaseException:
+        w.close()
+        raise
+    return r, w, any(e.upper() == b"PIPELINING" for e in ext)
+
+
+async def smtp_send(r: asyncio.StreamReader, w: asyncio.StreamWriter, rcpt: str, body: bytes,
+                    pipelining: bool) -> None:
+    """One transaction: MAIL, RCPT, DATA (pipelined when offered), then ``body``
+    (ending with the dot line); ConnectionError on any other answer."""
+    cmds = [f"MAIL FROM:<{SENDER}>\r\n".encode(), f"RCPT TO:<{rcpt}>\r\n".encode(),
+            b"DATA\r\n"]
+    if pipelining:
+        w.write(b"".join(cmds))
+        codes = [(await read_reply(r))[0] for _ in cmds]
+    else:
+        codes = []
+        for c in cmds:
+            w.write(c)
+            codes.append((await read_reply(r))[0])
+    if codes != [250, 250, 354]:
+        raise ConnectionError(f"MAIL/RCPT/DATA answered {codes}")
+    w.write(body)
+    code, text = await read_reply(r)
+    if code != 250:
+        raise ConnectionError(f"end of data answered {code} {text!r}")
+
+
+async def smtp_quit(w: asyncio.StreamWriter) -> None:
+    w.write(b"QUIT\r\n")
+    await w.drain()
+
+
+async def _python_session(port: int, rcpt: str, count: int, body: bytes, lmtp: bool) -> None:
+    r, w, pipelining = await smtp_open(port, lmtp, "bench.example.org")
+    try:
         for _ in range(count):
-            if pipelining:
-                w.write(b"".join(cmds))
-                codes = [(await read_reply(r))[0] for _ in cmds]
-            else:
-                codes = []
-                for c in cmds:
-                    w.write(c)
-                    codes.append((await read_reply(r))[0])
-            if codes != [250, 250, 354]:
-                raise ConnectionError(f"MAIL/RCPT/DATA answered {codes}")
-            w.write(body)
-            code, text = await read_reply(r)
-            if code != 250:
-                raise ConnectionError(f"end of data answered {code} {text!r}")
-        w.write(b"QUIT\r\n")
-        await w.drain()
+            await smtp_send(r, w, rcpt, body, pipelining)
+        await smtp_quit(w)
     finally:
         w.close()
 

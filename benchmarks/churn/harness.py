@@ -40,11 +40,12 @@ from pathlib import Path
 
 from benchmarks.bench_delivery import (
     DOMAIN,
-    SENDER,
     Processes,
     cpu_seconds,
     message_text,
-    read_reply,
+    smtp_open,
+    smtp_quit,
+    smtp_send,
 )
 from benchmarks.churn.cluster import Cluster
 from benchmarks.churn.model import Counters
@@ -372,30 +373,16 @@ async def _send_all(targets: Sequence[tuple[int, bool]], rcpts: Sequence[str], b
 
 async def _session(port: int, lmtp: bool, q: asyncio.Queue[tuple[int, str] | None],
                    body: bytes, rate: float, t0: float) -> None:
-    r, w = await asyncio.open_connection("127.0.0.1", port)
+    r, w, _ = await smtp_open(port, lmtp, "churn.example.org")
     try:
-        code, text = await read_reply(r)
-        if code != 220:
-            raise ConnectionError(f"greeting {code} {text!r}")
-        w.write(b"LHLO churn.example.org\r\n" if lmtp else b"EHLO churn.example.org\r\n")
-        await read_reply(r)
         while (job := await q.get()) is not None:
             i, user = job
             if rate > 0:
                 delay = t0 + i / rate - time.monotonic()
                 if delay > 0:
                     await asyncio.sleep(delay)
-            for cmd in (f"MAIL FROM:<{SENDER}>\r\n".encode(),
-                        f"RCPT TO:<{user}@{DOMAIN}>\r\n".encode(), b"DATA\r\n"):
-                w.write(cmd)
-                code, text = await read_reply(r)
-                if code not in (250, 354):
-                    raise ConnectionError(f"{cmd.split()[0].decode()} answered {code} {text!r}")
-            w.write(body)
-            code, text = await read_reply(r)
-            if code != 250:
-                raise ConnectionError(f"end of data answered {code} {text!r}")
-        w.write(b"QUIT\r\n")
-        await w.drain()
+            # One command at a time, as the recorded figures were made.
+            await smtp_send(r, w, f"{user}@{DOMAIN}", body, pipelining=False)
+        await smtp_quit(w)
     finally:
         w.close()
