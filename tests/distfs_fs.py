@@ -17,11 +17,13 @@ import shutil
 import signal
 import socket
 import subprocess
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from ams.index._fstype import mounts
+from tests.waiting import wait_for
 
 GLUSTER_VOLUME_PREFIX = "amsdfs"
 #: The GlusterFS performance translators that make clients incoherent.
@@ -89,35 +91,19 @@ def nsenter(netns: str | None) -> list[str]:
 
 
 def wait_until(cond: Any, timeout: float, what: str, *, interval: float = 0.05) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        if cond():
-            return
-        if time.monotonic() >= deadline:
-            raise SetupError(f"{what} (waited {timeout:.0f} s)")
-        time.sleep(interval)
+    if not wait_for(cond, timeout, interval):
+        raise SetupError(f"{what} (waited {timeout:.0f} s)")
 
 
 def mounted(path: Path) -> str | None:
     """The fs type mounted exactly at ``path``, or None."""
-    target = str(path)
-    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
-        for line in f:
-            fields = line.split(" ")
-            sep = fields.index("-", 6) if "-" in fields[6:] else -1
-            if sep > 0 and fields[4].replace("\\040", " ") == target:
-                return fields[sep + 1]
-    return None
+    return next((m.fstype for m in mounts() if m.mountpoint == str(path)), None)
 
 
 def mounts_under(prefix: str) -> list[str]:
-    out = []
-    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
-        for line in f:
-            mp = line.split(" ")[4]
-            if mp.startswith(prefix):
-                out.append(mp)
-    return sorted(out, key=len, reverse=True)
+    """Mount points below ``prefix``, deepest first (the order to unmount)."""
+    return sorted((m.mountpoint for m in mounts() if m.mountpoint.startswith(prefix)),
+                  key=len, reverse=True)
 
 
 def _alive(pid: int, marker: str) -> bool:

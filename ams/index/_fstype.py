@@ -26,6 +26,7 @@ import ctypes.util
 import logging
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -125,18 +126,28 @@ def shared_fs_reason(fstype: str) -> str | None:
     return None
 
 
+def _mount_table(proc: str, parse: Callable[[str], list[Mount]]) -> list[Mount] | None:
+    try:
+        with open(proc, encoding="utf-8", errors="surrogateescape") as f:
+            return parse(f.read())
+    except OSError:
+        return None
+
+
+def mounts() -> list[Mount]:
+    """This process's mounts, from /proc/self/mountinfo ([] if unreadable).
+    Reading the table never touches a mount, so a hung one cannot block it."""
+    return _mount_table("/proc/self/mountinfo", parse_mountinfo) or []
+
+
 def mount_holding(path: str | Path) -> Mount | None:
     """The mount that holds ``path`` (resolved), from the kernel's mount
     tables; None if they cannot be read."""
     real = os.path.realpath(path)
     for proc, parse in (("/proc/self/mountinfo", parse_mountinfo),
                         ("/proc/mounts", parse_proc_mounts)):
-        try:
-            with open(proc, encoding="utf-8", errors="surrogateescape") as f:
-                text = f.read()
-        except OSError:
-            continue
-        m = mount_of(real, parse(text))
+        table = _mount_table(proc, parse)
+        m = mount_of(real, table) if table is not None else None
         if m is not None:
             return m
     return None

@@ -25,6 +25,7 @@ import sys
 import time
 from pathlib import Path
 
+from ams.index._fstype import mounts
 from benchmarks.churn.model import Counters
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -35,15 +36,7 @@ def mounted(path: Path) -> bool:
     """Whether ``path`` is a mount point (from /proc/self/mountinfo: no stat of it,
     which would hang on a dead FUSE mount)."""
     target = os.path.realpath(path)
-    try:
-        with open("/proc/self/mountinfo") as f:
-            for line in f:
-                mp = line.split()[4].replace("\\040", " ")
-                if mp == target:
-                    return True
-    except OSError:
-        pass
-    return False
+    return any(m.mountpoint == target for m in mounts())
 
 
 def unmount(path: Path) -> None:
